@@ -1,0 +1,1 @@
+"""Built-in recipes, installed as the package ``demux.recipes`` (see pyproject.toml)."""
