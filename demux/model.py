@@ -1,0 +1,191 @@
+"""The local Gaussian variance model of one stage: parameters -> log-variances -> objective.
+
+Every coefficient k of the mixture is modelled as a sum of independent zero-mean
+sources with variances ``exp(z[s, k])`` (FASST, Kernel Additive Modelling). For
+source s (DESIGN.md, "The model")::
+
+    z[s, k] = prior[s, k] + level[s, b(k)] + gain[s, t(k)] + detail[s, k] + slope[s, b(k)] * e[k]
+
+with ``b(k)`` the coefficient's group (frequency bin, mel band, wavelet level),
+``t(k)`` its frame and ``e = log|c|^2 - median(log|c|^2)``. Which blocks a source
+fits is the recipe's choice (``stationary``, ``detail``, ``energy``). The
+mixture-only objective is the Itakura-Saito divergence between the observed power
+and ``V = sum_s exp(z_s)`` plus the priors' penalties (smoothness, noise anchor).
+
+Coefficients are handled flat: ``Kf`` is the number of coefficients of one item
+(``prod(K)``, times channels for transforms over channels), so the same code
+serves STFT grids, packed wavelet levels and spectra.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from demux.priors.combine import sigmoid_masks, softmax_masks
+from demux.trust_region import Dropout
+
+_RIDGE = 1e-3  # keeps per-frame and per-coefficient blocks identifiable where the data says nothing
+
+
+@dataclass(frozen=True)
+class SourceBlocks:
+    """Which parameter blocks one source fits, and its penalty weights."""
+
+    gain: bool
+    detail: bool
+    slope: float | None  # initial energy slope, None: no energy term
+    smooth_time: float
+    smooth_freq: float
+    anchor_weight: float  # weight of the noise anchor on ``level`` (0: none)
+
+
+@dataclass
+class ModelInputs:
+    """Everything fixed while one stage is fitted (one batch of items).
+
+    Attributes:
+        power: ``(B, Kf)`` coefficient power, normalised to mean 1 per item.
+        log_power: ``(B, Kf)`` ``e = log(power) - median(log(power))``.
+        prior: ``(B, S, Kf)`` fixed prior log-odds.
+        locks: ``(S, Kf)`` boolean hard locks.
+        group: ``(Kf,)`` int64 group of each coefficient.
+        n_groups: ``G``.
+        frame: ``(Kf,)`` int64 frame of each coefficient.
+        n_frames: ``N``.
+        grid_shape: shape that ``Kf`` unflattens to (for smoothness along axes).
+        anchor: ``(B, S, G)`` log-variance anchors (used where ``anchor_weight > 0``).
+        learned: ``(S, G)`` learned offsets added to ``level`` (zeros when none).
+    """
+
+    power: Tensor
+    log_power: Tensor
+    prior: Tensor
+    locks: Tensor
+    group: Tensor
+    n_groups: int
+    frame: Tensor
+    n_frames: int
+    grid_shape: tuple[int, ...]
+    anchor: Tensor
+    learned: Tensor
+
+
+class VarianceModel:
+    """Packs the fitted blocks into one flat vector per item and evaluates the objective.
+
+    ``theta`` is ``(B, P)``: per item, the concatenation of ``level (S, G)``,
+    ``gain (Sg, N)``, ``slope (Se, G)`` and ``detail (Sd, Kf)`` for the sources that
+    fit each block.
+    """
+
+    def __init__(self, blocks: list[SourceBlocks], inputs: ModelInputs, *, combiner: str, residual: int | None):
+        self.blocks = blocks
+        self.inputs = inputs
+        self.combiner = combiner
+        self.residual = residual
+        S, G, N, Kf = len(blocks), inputs.n_groups, inputs.n_frames, inputs.power.shape[1]
+        self.gain_sources = [s for s, b in enumerate(blocks) if b.gain and N > 1]
+        self.slope_sources = [s for s, b in enumerate(blocks) if b.slope is not None]
+        self.detail_sources = [s for s, b in enumerate(blocks) if b.detail]
+        self.sizes = {
+            "level": (S, G),
+            "gain": (len(self.gain_sources), N),
+            "slope": (len(self.slope_sources), G),
+            "detail": (len(self.detail_sources), Kf),
+        }
+
+    @property
+    def n_params(self) -> int:
+        return sum(a * b for a, b in self.sizes.values())
+
+    def unpack(self, theta: Tensor) -> dict[str, Tensor]:
+        """Split ``(B, P)`` into named blocks ``(B, rows, cols)`` (views)."""
+        out, start = {}, 0
+        for name, (rows, cols) in self.sizes.items():
+            out[name] = theta[:, start : start + rows * cols].reshape(theta.shape[0], rows, cols)
+            start += rows * cols
+        return out
+
+    def initial(self) -> Tensor:
+        """Starting parameters ``(B, P)``: each source at its share of the observed group power."""
+        x = self.inputs
+        B, S = x.power.shape[0], len(self.blocks)
+        counts = torch.bincount(x.group, minlength=x.n_groups).clamp(min=1).to(x.power.dtype)
+        group_mean = torch.zeros(B, x.n_groups, dtype=x.power.dtype).index_add_(1, x.group, x.power) / counts
+        log_mean = torch.log(group_mean + 1e-8)
+        e_mean = torch.zeros_like(group_mean).index_add_(1, x.group, x.log_power) / counts
+        parts = []
+        level = log_mean[:, None, :].expand(B, S, -1) - torch.log(torch.tensor(float(S)))
+        slopes = torch.tensor([b.slope or 0.0 for b in self.blocks], dtype=x.power.dtype)
+        level = level - slopes[None, :, None] * e_mean[:, None, :]
+        anchored = torch.tensor([b.anchor_weight > 0 for b in self.blocks])
+        level = torch.where(anchored[None, :, None], x.anchor, level)
+        parts.append(level.reshape(B, -1))
+        parts.append(torch.zeros(B, self.sizes["gain"][0] * self.sizes["gain"][1], dtype=x.power.dtype))
+        parts.append(slopes[self.slope_sources][None, :, None].expand(B, -1, x.n_groups).reshape(B, -1))
+        parts.append(torch.zeros(B, self.sizes["detail"][0] * self.sizes["detail"][1], dtype=x.power.dtype))
+        return torch.cat(parts, dim=1)
+
+    def fitted_part(self, theta: Tensor) -> Tensor:
+        """``(B, S, Kf)`` the fitted log-variance (everything but the fixed prior)."""
+        x, p = self.inputs, self.unpack(theta)
+        z = (p["level"] + x.learned[None])[:, :, x.group]
+        if self.gain_sources:
+            z = z.index_add(1, _index(self.gain_sources, z), p["gain"][:, :, x.frame])
+        if self.slope_sources:
+            z = z.index_add(1, _index(self.slope_sources, z), p["slope"][:, :, x.group] * x.log_power[:, None, :])
+        if self.detail_sources:
+            z = z.index_add(1, _index(self.detail_sources, z), p["detail"])
+        return z
+
+    def logits(self, theta: Tensor) -> Tensor:
+        """``(B, S, Kf)`` log-variances ``z``."""
+        return self.inputs.prior + self.fitted_part(theta)
+
+    def masks(self, theta: Tensor) -> Tensor:
+        """``(B, S, Kf)`` keep probabilities (before locks)."""
+        z = self.logits(theta)
+        if self.combiner == "sigmoid":
+            return sigmoid_masks(z, residual=self.residual)
+        return softmax_masks(z)
+
+    def objective(self, theta: Tensor, dropout: Dropout | None = None) -> Tensor:
+        """Per-item loss ``(B,)``: mean IS divergence (coefficients dropped at ``dropout.rate``) + penalties."""
+        x = self.inputs
+        fitted = self.fitted_part(theta)
+        log_v = torch.logsumexp(x.prior + fitted, dim=1)  # (B, Kf)
+        ratio = x.power * torch.exp(-log_v)
+        divergence = ratio - torch.log(ratio + 1e-12) - 1.0
+        if dropout is not None:
+            generator = torch.Generator(device="cpu").manual_seed(int(dropout.seed))
+            draw = torch.rand(divergence.shape, generator=generator, dtype=divergence.dtype).to(divergence.device)
+            rate = dropout.rate.to(divergence.dtype)[:, None]
+            divergence = divergence * (draw >= rate) / (1.0 - rate)
+        loss = divergence.mean(dim=1)
+        return loss + self.penalty(theta, fitted)
+
+    def penalty(self, theta: Tensor, fitted: Tensor) -> Tensor:
+        """``(B,)`` smoothness, noise-anchor and ridge penalties."""
+        x, p = self.inputs, self.unpack(theta)
+        B = theta.shape[0]
+        total = torch.zeros(B, dtype=theta.dtype, device=theta.device)
+        grid = fitted.reshape(B, len(self.blocks), *x.grid_shape)
+        time_axis, freq_axis = (-1, -2) if len(x.grid_shape) >= 2 else (None, -1)
+        for s, block in enumerate(self.blocks):
+            if block.smooth_time and time_axis is not None:
+                total = total + block.smooth_time * grid[:, s].diff(dim=time_axis).square().flatten(1).mean(1)
+            if block.smooth_freq:
+                total = total + block.smooth_freq * grid[:, s].diff(dim=freq_axis).square().flatten(1).mean(1)
+            if block.anchor_weight:
+                total = total + block.anchor_weight * (p["level"][:, s] - x.anchor[:, s]).square().mean(1)
+        for name in ("gain", "detail"):
+            if p[name].numel():
+                total = total + _RIDGE * p[name].square().flatten(1).mean(1)
+        return total
+
+
+def _index(rows: list[int], like: Tensor) -> Tensor:
+    return torch.tensor(rows, dtype=torch.long, device=like.device)

@@ -1,0 +1,443 @@
+"""YAML recipes -> validated, typed recipe objects.
+
+A recipe is data (``yaml.safe_load`` only). It is validated once, here, against the
+dataclasses below: the schema *is* the dataclasses, so a key is declared exactly
+once. Every error names the recipe file, the key path and what was expected::
+
+    recipes/my.yaml: stages.split.sources.voice.band.lo: expected a number, got 'eighty'
+
+Values that depend on the signal (a band above Nyquist, a wavelet level deeper
+than the signal allows) are checked by :func:`check_against_signal` once the
+sample rate and length are known.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import importlib.resources
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from demux.errors import RecipeError
+from demux.trust_region import TrustRegionConfig
+
+Domain = Literal["audio", "biomedical", "radio", "radar", "array", "generic"]
+Combiner = Literal["softmax", "sigmoid"]
+NoiseEstimate = Literal["mad", "minimum"]
+
+
+@dataclass(frozen=True)
+class Band:
+    """A frequency band ``[lo, hi]`` in Hz with soft edges ``edge`` Hz wide (0: one bin)."""
+
+    lo: float
+    hi: float
+    edge: float = 0.0
+
+
+@dataclass(frozen=True)
+class Harmonic:
+    """A harmonic comb at ``h * f0(t)``, f0 tracked per frame inside ``[f0_min, f0_max]`` Hz."""
+
+    f0_min: float = 70.0
+    f0_max: float = 400.0
+    n_harmonics: int = 10
+    width: float = 0.03  # relative half-width of each tooth (fraction of f0)
+    strength: float = 4.0  # prior log-odds on the teeth (and -strength between them)
+
+
+@dataclass(frozen=True)
+class Smooth:
+    """Penalty weights on squared differences of the fitted log-variance."""
+
+    time: float = 0.0
+    freq: float = 0.0
+
+
+@dataclass(frozen=True)
+class NoiseFloor:
+    """Anchor a source's per-band level to a noise estimate from the mixture.
+
+    ``mad``: per group ``sigma = MAD(c)/0.6745`` (wavelet shrinkage, Donoho);
+    ``minimum``: a low percentile of the power over frames (minimum statistics, Martin).
+    """
+
+    estimate: NoiseEstimate = "minimum"
+    weight: float = 1.0
+    percentile: float = 10.0
+
+
+@dataclass(frozen=True)
+class Source:
+    """One source of a stage: its priors (physical units) and which parameters it fits.
+
+    The source's log-variance at coefficient k (DESIGN.md, "The model") is
+    ``z = prior(k) + level[b(k)] + gain[t(k)] + detail[k] + energy_slope[b(k)] * e_k``.
+    """
+
+    bands: tuple[Band, ...] = ()  # support Omega_s; empty = everywhere
+    levels: tuple[int, ...] = ()  # wavelet scales J_s (1 = finest detail; the approximation is level+1)
+    harmonic: Harmonic | None = None
+    lock: tuple[Band, ...] = ()  # hard: this source takes these bands whole
+    energy: float | None = None  # initial slope on the level-normalised log-power e_k
+    stationary: bool = False  # no per-frame gain: a stationary noise
+    detail: bool = False  # free per-coefficient log-variance offsets
+    smooth: Smooth = field(default_factory=Smooth)
+    noise_floor: NoiseFloor | None = None
+    learned: str | None = None  # safetensors file with per-group offsets
+    outside: float = -8.0  # prior log-odds outside the support
+
+
+@dataclass(frozen=True)
+class TransformSpec:
+    """Which transform and its parameters (passed to ``demux.transforms.build_transform``)."""
+
+    type: str
+    params: dict[str, Any] = field(default_factory=dict)
+    mel_bands: int = 0  # > 0: tie level parameters per mel band (STFT), lifted to bins
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One separation stage: a transform, sources competing for its coefficients, the fit."""
+
+    name: str
+    transform: TransformSpec
+    sources: dict[str, Source]
+    split: str | None = None  # the stem of an earlier stage this stage splits (None: the mixture)
+    combiner: Combiner = "softmax"
+    fit: TrustRegionConfig = field(default_factory=TrustRegionConfig)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A validated recipe: stages applied in order, each splitting one stem."""
+
+    name: str
+    stages: tuple[Stage, ...]
+    description: str = ""
+    domain: Domain = "generic"
+    sample_rates: tuple[float, ...] = ()  # served rates; empty = any
+    resample_to: float | None = None  # inputs at another rate are resampled to this one
+    source: str = "<recipe>"
+
+    def sources(self) -> list[str]:
+        """Names of the final stems in tree order: a split stem is replaced by its sub-stems."""
+        names = list(self.stages[0].sources)
+        for stage in self.stages[1:]:
+            at = names.index(stage.split)
+            names[at : at + 1] = list(stage.sources)
+        return names
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def builtin_names() -> list[str]:
+    """Names of the recipes shipped in the package (``recipes/*.yaml``)."""
+    root = importlib.resources.files("demux.recipes")
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def builtin_text(name: str) -> str:
+    """The YAML text of built-in recipe ``name``."""
+    return (importlib.resources.files("demux.recipes") / f"{name}.yaml").read_text()
+
+
+def load_recipe(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Load a built-in recipe by name, or a YAML file by path, apply ``key.path=value`` overrides.
+
+    Raises:
+        RecipeError: the file is missing or malformed; the message names the key path.
+    """
+    raw, source = _load_raw(str(name_or_path), seen=())
+    raw = copy.deepcopy(raw)
+    _normalise_bands(raw, source)
+    for item in overrides:
+        _apply_override(raw, item, source)
+    return parse_recipe(raw, source=source)
+
+
+def _load_raw(name_or_path: str, seen: tuple[str, ...]) -> tuple[dict, str]:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists() or "/" in name_or_path:
+        if not path.is_file():
+            raise RecipeError(name_or_path, "", "no such recipe file")
+        text, source = path.read_text(), str(path)
+    elif name_or_path in builtin_names():
+        text, source = builtin_text(name_or_path), f"recipe '{name_or_path}'"
+    else:
+        close = difflib.get_close_matches(name_or_path, builtin_names(), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; built-in recipes: {', '.join(builtin_names())}"
+        raise RecipeError(name_or_path, "", f"no built-in recipe of that name and no such file{hint}")
+    if source in seen:
+        raise RecipeError(source, "extends", f"circular 'extends': {' -> '.join(seen + (source,))}")
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise RecipeError(source, "", f"YAML syntax error at {where}{problem}") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(source, "", f"expected a mapping at the top level, got {_kind(raw)}")
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw, source
+    if not isinstance(base, str):
+        raise RecipeError(source, "extends", f"expected a recipe name or path, got {_kind(base)}")
+    parent, _ = _load_raw(base, seen + (source,))
+    return _deep_merge(parent, raw), source
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _apply_override(raw: dict, item: str, source: str) -> None:
+    """Apply ``a.b.c=value`` (value parsed as YAML) in place; a leading stage name may omit ``stages.``."""
+    if "=" not in item:
+        raise RecipeError(source, item, "an override must look like key.path=value")
+    key_path, text = item.split("=", 1)
+    keys = key_path.strip().split(".")
+    if keys[0] not in raw and keys[0] in (raw.get("stages") or {}):
+        keys = ["stages", *keys]
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    for depth, key in enumerate(keys[:-1]):
+        if isinstance(node, list) and key.isdigit() and int(key) < len(node):
+            node = node[int(key)]
+            continue
+        if not isinstance(node, dict):
+            raise RecipeError(source, ".".join(keys[: depth + 1]), "cannot set a key inside a non-mapping value")
+        node = node.setdefault(key, {})
+    if not isinstance(node, dict):
+        raise RecipeError(source, key_path, "cannot set a key inside a non-mapping value")
+    node[keys[-1]] = value
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def parse_recipe(raw: dict, *, source: str = "<recipe>") -> Recipe:
+    """Validate a raw mapping (as from ``yaml.safe_load``) into a :class:`Recipe`."""
+    raw = dict(raw)
+    stages_raw = raw.pop("stages", None)
+    if not isinstance(stages_raw, dict) or not stages_raw:
+        raise RecipeError(source, "stages", "expected a non-empty mapping of stage name -> stage")
+    stages = []
+    for stage_name, stage_raw in stages_raw.items():
+        path = f"stages.{stage_name}"
+        if not isinstance(stage_raw, dict):
+            raise RecipeError(source, path, f"expected a mapping, got {_kind(stage_raw)}")
+        stages.append(_stage(str(stage_name), stage_raw, path, source))
+    recipe = _build(Recipe, {**raw, "stages": stages, "source": source}, "", source, prebuilt={"stages"})
+    _check_structure(recipe)
+    return recipe
+
+
+def _stage(name: str, raw: dict, path: str, source: str) -> Stage:
+    raw = dict(raw)
+    sources_raw = raw.pop("sources", None)
+    if not isinstance(sources_raw, dict) or len(sources_raw) < 2:
+        raise RecipeError(source, f"{path}.sources", "expected a mapping of at least two source names -> priors")
+    sources = {}
+    for source_name, source_raw in sources_raw.items():
+        source_raw = {} if source_raw is None else source_raw
+        key = f"{path}.sources.{source_name}"
+        if not isinstance(source_raw, dict):
+            raise RecipeError(source, key, f"expected a mapping of priors, got {_kind(source_raw)}")
+        source_raw = dict(source_raw)
+        if "band" in source_raw:  # one band is the common case: allow `band:` beside `bands:`
+            if "bands" in source_raw:
+                raise RecipeError(source, key, "give either 'band' or 'bands', not both")
+            source_raw["bands"] = [source_raw.pop("band")]
+        sources[str(source_name)] = _build(Source, source_raw, key, source)
+    transform = raw.get("transform")
+    if isinstance(transform, dict):  # YAML puts the parameters beside the type
+        params = {k: v for k, v in transform.items() if k not in ("type", "mel_bands")}
+        raw["transform"] = {k: v for k, v in transform.items() if k in ("type", "mel_bands")} | {"params": params}
+    return _build(Stage, {**raw, "name": name, "sources": sources}, path, source, prebuilt={"sources", "name"})
+
+
+def _single_band(source_raw: dict, key: str, source: str) -> dict:
+    """One band is the common case: ``band: {...}`` stands for ``bands: [{...}]``."""
+    if "band" not in source_raw:
+        return source_raw
+    if "bands" in source_raw:
+        raise RecipeError(source, key, "give either 'band' or 'bands', not both")
+    out = {k: v for k, v in source_raw.items() if k != "band"}
+    out["bands"] = [source_raw["band"]]
+    return out
+
+
+def _normalise_bands(raw: dict, source: str) -> None:
+    """Rewrite every ``band:`` as ``bands:`` in place, so overrides address one spelling."""
+    stages = raw.get("stages")
+    for stage_name, stage in (stages.items() if isinstance(stages, dict) else ()):
+        sources = stage.get("sources") if isinstance(stage, dict) else None
+        for name, src in (sources.items() if isinstance(sources, dict) else ()):
+            if isinstance(src, dict):
+                sources[name] = _single_band(src, f"stages.{stage_name}.sources.{name}", source)
+
+
+def _build(cls, raw: dict, path: str, source: str, prebuilt: set[str] = frozenset()):
+    """Build dataclass ``cls`` from ``raw``, checking unknown keys, types and required keys."""
+    if not isinstance(raw, dict):
+        raise RecipeError(source, path, f"expected a mapping, got {_kind(raw)}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; expected one of: {', '.join(names)}"
+            raise RecipeError(source, _join(path, key), f"unknown key{hint}")
+    values = {}
+    for f in dataclasses.fields(cls):
+        key = _join(path, f.name)
+        if f.name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise RecipeError(source, key, "required key is missing")
+            continue
+        value = raw[f.name]
+        values[f.name] = value if f.name in prebuilt else _convert(value, hints[f.name], key, source)
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as error:  # a dataclass's own __post_init__ check
+        named = re.match(r"(?:\w+\.)?(\w+)=", str(error))
+        key = _join(path, named.group(1)) if named and named.group(1) in names else path
+        raise RecipeError(source, key, str(error)) from None
+
+
+def _convert(value: Any, hint: Any, path: str, source: str) -> Any:
+    """Check ``value`` against type ``hint`` and convert (lists -> tuples, ints -> floats)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for option in options:
+            try:
+                return _convert(value, option, path, source)
+            except RecipeError as error:
+                errors.append(error.problem)
+        raise RecipeError(source, path, errors[0])
+    if origin is Literal:
+        if value not in args:
+            raise RecipeError(source, path, f"expected one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            value = [value]  # a single item where a list is expected
+        return tuple(_convert(v, args[0], f"{path}.{i}", source) for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise RecipeError(source, path, f"expected a mapping, got {_kind(value)}")
+        return {str(k): _convert(v, args[1], _join(path, k), source) for k, v in value.items()}
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value if value is not None else {}, path, source)
+    if hint is Any:
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise RecipeError(source, path, f"expected true or false, got {_kind(value)}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise RecipeError(source, path, f"expected a number, got {_kind(value)}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RecipeError(source, path, f"expected an integer, got {_kind(value)}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise RecipeError(source, path, f"expected a string, got {_kind(value)}")
+        return value
+    raise TypeError(f"recipe schema uses an unsupported type {hint!r} at {path}")  # a bug, not user input
+
+
+def _check_structure(recipe: Recipe) -> None:
+    """Checks across stages: split targets exist and stem names are unique."""
+    seen: dict[str, str] = {}
+    for index, stage in enumerate(recipe.stages):
+        path = f"stages.{stage.name}"
+        if index == 0 and stage.split is not None:
+            raise RecipeError(recipe.source, f"{path}.split", "the first stage splits the mixture; remove 'split'")
+        if index > 0 and stage.split is None:
+            raise RecipeError(recipe.source, f"{path}.split", "a later stage must name the stem it splits")
+        if stage.split is not None and stage.split not in seen:
+            raise RecipeError(
+                recipe.source, f"{path}.split", f"no earlier stem named '{stage.split}'; stems so far: {', '.join(seen)}"
+            )
+        for name in stage.sources:
+            if name in seen:
+                raise RecipeError(recipe.source, f"{path}.sources.{name}", f"stem name already used in stage {seen[name]}")
+            seen[name] = stage.name
+        if stage.combiner == "sigmoid" and "residual" not in stage.sources:
+            raise RecipeError(recipe.source, f"{path}.sources", "the sigmoid combiner needs a source named 'residual'")
+        for name, src in stage.sources.items():
+            for i, band in enumerate(src.bands + src.lock):
+                if not 0 <= band.lo < band.hi:
+                    raise RecipeError(
+                        recipe.source, f"{path}.sources.{name}.bands.{i}", f"expected 0 <= lo < hi, got lo={band.lo}, hi={band.hi}"
+                    )
+            if src.harmonic and not 0 < src.harmonic.f0_min < src.harmonic.f0_max:
+                raise RecipeError(recipe.source, f"{path}.sources.{name}.harmonic", "expected 0 < f0_min < f0_max")
+
+
+def check_against_signal(recipe: Recipe, sample_rate: float) -> None:
+    """Checks that need the signal: served sample rate, bands below Nyquist.
+
+    Raises:
+        RecipeError: naming the key path of the offending value.
+    """
+    nyquist = sample_rate / 2
+    for stage in recipe.stages:
+        for name, src in stage.sources.items():
+            for kind, bands in (("bands", src.bands), ("lock", src.lock)):
+                for i, band in enumerate(bands):
+                    if band.lo >= nyquist:
+                        raise RecipeError(
+                            recipe.source,
+                            f"stages.{stage.name}.sources.{name}.{kind}.{i}.lo",
+                            f"{band.lo:g} Hz is at or above Nyquist ({nyquist:g} Hz at {sample_rate:g} Hz)",
+                        )
+
+
+def to_dict(recipe: Recipe) -> dict:
+    """The resolved recipe as plain data (for ``demux.json`` and ``recipes show``)."""
+    data = dataclasses.asdict(recipe)
+    data["stages"] = {stage.pop("name"): stage for stage in data["stages"]}
+    for stage in data["stages"].values():  # the YAML form: transform parameters beside its type
+        transform = stage["transform"]
+        stage["transform"] = {"type": transform["type"], "mel_bands": transform["mel_bands"], **transform["params"]}
+    return data
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    return f"{type(value).__name__} {value!r}" if isinstance(value, int | float | str | bool) else type(value).__name__

@@ -1,0 +1,334 @@
+"""Stages and pipelines: transform -> priors -> fit -> masks -> stems.
+
+The forward pass reads as the pipeline::
+
+    coeffs = transform(x)
+    inputs = stage_inputs(stage, coeffs, grid)          # priors in physical units
+    theta = minimize(model.objective, model.initial())  # trust-region controller
+    stems = transform.inverse(coeffs * masks)
+
+A recipe's first stage splits the mixture; each later stage splits one stem of an
+earlier stage further (a tree: sub-stems sum to their parent). Stems that are not
+split pass through. With softmax masks every stage's stems sum to its input, so
+the final stems sum to the mixture up to the transforms' round-trip error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from demux.errors import ParameterError, RecipeError
+from demux.model import ModelInputs, SourceBlocks, VarianceModel
+from demux.priors.combine import apply_locks
+from demux.priors.harmonic import comb_log_odds, track_f0
+from demux.priors.learned import load_offsets
+from demux.priors.noise import noise_log_variance
+from demux.priors.support import band_membership, level_membership, support_log_odds
+from demux.recipe import Recipe, check_against_signal, load_recipe
+from demux.recipe import Stage as StageSpec
+from demux.transforms import Transform, build_transform, power
+from demux.trust_region import minimize
+
+_LOCK_OTHERS = -30.0  # prior log-odds of the other sources inside a locked band
+
+
+@dataclass
+class StageReport:
+    """What one stage did, for ``demux.json``."""
+
+    name: str
+    split: str | None
+    sources: list[str]
+    seconds: float
+    n_params: int
+    loss: list[float]
+    n_iter: int
+    status: list[str]
+    trajectory: dict
+    energy_share: dict[str, list[float]]  # per source, per item: share of the input's power kept
+
+
+@dataclass
+class Separation:
+    """The stems of a recipe and how they were obtained.
+
+    Attributes:
+        stems: source name -> ``(batch, channel, time)`` (or ``(channel, time)`` if the
+            input had no batch dimension), at the input's sample rate.
+        sample_rate: Hz.
+        stages: one report per stage, in order.
+    """
+
+    stems: dict[str, Tensor]
+    sample_rate: float
+    stages: list[StageReport] = field(default_factory=list)
+
+    def provenance(self) -> dict:
+        return {"sample_rate": self.sample_rate, "stages": [dataclasses.asdict(s) for s in self.stages]}
+
+
+def separate(
+    signal: Tensor | np.ndarray,
+    sample_rate: float,
+    recipe: Recipe | str,
+    *,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    on_stage: Callable[[str], None] | None = None,
+) -> Separation:
+    """Separate ``signal`` into the recipe's sources.
+
+    Args:
+        signal: ``(channel, time)`` or ``(batch, channel, time)`` real signal.
+        sample_rate: Hz.
+        recipe: a :class:`Recipe` or a built-in name / YAML path.
+        seed: fixes every random draw (dropout draws, Hutchinson probes).
+        device: where the transforms and the fit run.
+        on_stage: called with each stage's name before it runs (progress display).
+
+    Returns:
+        A :class:`Separation` whose stems have the input's shape.
+
+    Raises:
+        ParameterError: the recipe cannot serve this sample rate, or the signal is too short.
+        RecipeError: a recipe value is impossible for this signal.
+    """
+    recipe = load_recipe(recipe) if isinstance(recipe, str) else recipe
+    x = torch.as_tensor(np.asarray(signal) if isinstance(signal, np.ndarray) else signal)
+    if x.is_complex():
+        raise ParameterError("complex (IQ) input needs a recipe for complex signals; none is available yet")
+    unbatched = x.dim() == 2
+    if unbatched:
+        x = x.unsqueeze(0)
+    if x.dim() != 3:
+        raise ParameterError(f"signal must be (channel, time) or (batch, channel, time), got shape {tuple(x.shape)}")
+    x = x.to(device=device, dtype=torch.float32)
+    length = x.shape[-1]
+    rate = _served_rate(recipe, sample_rate)
+    if rate != sample_rate:
+        x = _resample(x, sample_rate, rate)
+    check_against_signal(recipe, rate)
+
+    stems: dict[str, Tensor] = {"mixture": x}
+    reports = []
+    for index, stage in enumerate(recipe.stages):
+        if on_stage:
+            on_stage(stage.name)
+        parent = stage.split or "mixture"
+        out, report = run_stage(stage, stems.pop(parent), rate, seed=seed + index, recipe_source=recipe.source)
+        stems.update(out)
+        reports.append(report)
+    if rate != sample_rate:
+        stems = {name: _fit_length(_resample(s, rate, sample_rate), length) for name, s in stems.items()}
+    if unbatched:
+        stems = {name: s.squeeze(0) for name, s in stems.items()}
+    return Separation(stems=stems, sample_rate=float(sample_rate), stages=reports)
+
+
+def run_stage(stage: StageSpec, x: Tensor, sample_rate: float, *, seed: int, recipe_source: str = "<recipe>"):
+    """Fit one stage on ``x`` ``(batch, channel, time)`` and return its stems and report."""
+    start = time.perf_counter()
+    B, C, T = x.shape
+    transform = _build_transform(stage, sample_rate, recipe_source).to(x.device)
+    if not transform.invertible:
+        raise RecipeError(recipe_source, f"stages.{stage.name}.transform.type", "this transform cannot synthesise stems")
+    try:
+        coeffs = transform(x)
+    except ParameterError as error:  # e.g. a wavelet level deeper than this signal allows
+        raise RecipeError(recipe_source, f"stages.{stage.name}.transform", str(error)) from None
+    K = tuple(coeffs.shape[2:])
+    inputs, per_channel = stage_inputs(stage, coeffs, transform, T, recipe_source)
+    blocks = [_blocks(src) for src in stage.sources.values()]
+    names = list(stage.sources)
+    residual = names.index("residual") if "residual" in names else None
+    model = VarianceModel(blocks, inputs, combiner=stage.combiner, residual=residual)
+    config = dataclasses.replace(stage.fit, seed=stage.fit.seed + seed)
+    result = minimize(model.objective, model.initial(), masks=lambda th: model.masks(th).flatten(1), config=config)
+    with torch.no_grad():
+        masks = apply_locks(model.masks(result.theta), inputs.locks)  # (B, S, Kf)
+        share = (masks * inputs.power[:, None]).mean(2) / inputs.power.mean(1, keepdim=True)
+        S = len(names)
+        masks = masks.reshape(B, S, C if per_channel else 1, *K)
+        masked = (coeffs.unsqueeze(1) * masks).reshape(B * S, C, *K)
+        out = transform.inverse(masked, T).reshape(B, S, C, T)
+    summary = result.to_dict()
+    steps = summary["trajectory"]
+    report = StageReport(
+        name=stage.name,
+        split=stage.split,
+        sources=names,
+        seconds=time.perf_counter() - start,
+        n_params=model.n_params,
+        loss=[float(v) for v in result.loss],
+        n_iter=int(result.n_iter),
+        status=summary["status"],
+        trajectory={key: [step[key] for step in steps] for key in (steps[0] if steps else {})},
+        energy_share={name: [float(v) for v in share[:, s]] for s, name in enumerate(names)},
+    )
+    return {name: out[:, s] for s, name in enumerate(names)}, report
+
+
+def stage_inputs(stage: StageSpec, coeffs: Tensor, transform: Transform, length: int, recipe_source: str):
+    """Fixed inputs of a stage's fit: normalised power, prior log-odds, locks, groups, anchors.
+
+    Args:
+        coeffs: ``(batch, channel, *K)`` coefficients.
+
+    Returns:
+        ``(ModelInputs, per_channel)``; ``per_channel`` is True for transforms over
+        channels (components, beams), whose masks differ per channel.
+    """
+    B, C = coeffs.shape[:2]
+    K = tuple(coeffs.shape[2:])
+    grid = transform.grid(length)
+    per_channel = any(t.dim() == len(K) + 1 and t.shape[0] > 1 for t in (grid.freq_hz, grid.group, grid.frame))
+    shape = (C if per_channel else 1, *K)
+
+    def flat(t: Tensor) -> Tensor:
+        return torch.broadcast_to(t.to(coeffs.device), shape).reshape(-1)
+
+    freq, width = flat(grid.freq_hz).float(), flat(grid.band_hi_hz - grid.band_lo_hz).float()
+    group, frame = flat(grid.group).long(), flat(grid.frame).long()
+    n_groups = grid.n_groups
+    if stage.transform.mel_bands:
+        group, n_groups = _mel_groups(stage, freq, transform.sample_rate, recipe_source)
+
+    p = power(coeffs).float()
+    p = p.reshape(B, -1) if per_channel else p.sum(1).reshape(B, -1)
+    p = p / (p.mean(dim=1, keepdim=True) + 1e-20)
+    log_p = torch.log(p + 1e-10)
+    log_p = log_p - log_p.median(dim=1, keepdim=True).values
+
+    names = list(stage.sources)
+    S, Kf = len(names), p.shape[1]
+    prior = torch.zeros(B, S, Kf, device=p.device)
+    locks = torch.zeros(S, Kf, dtype=torch.bool, device=p.device)
+    anchor = torch.zeros(B, S, n_groups, device=p.device)
+    learned = torch.zeros(S, n_groups, device=p.device)
+    for s, (name, src) in enumerate(stage.sources.items()):
+        key = f"stages.{stage.name}.sources.{name}"
+        member = torch.ones(Kf, device=p.device)
+        if src.bands:
+            member = band_membership(freq, [(b.lo, b.hi, b.edge) for b in src.bands], resolution_hz=width)
+        if src.levels:
+            if not _is_wavelet(transform):
+                raise RecipeError(recipe_source, f"{key}.levels", "wavelet levels need a 'dwt' transform")
+            depth = n_groups - 1
+            if max(src.levels) > depth + 1:
+                raise RecipeError(
+                    recipe_source, f"{key}.levels", f"level {max(src.levels)} is deeper than this signal allows ({depth + 1})"
+                )
+            member = torch.minimum(member, level_membership(group, src.levels, n_groups=n_groups))
+        prior[:, s] = support_log_odds(member, outside=src.outside)
+        if src.harmonic:
+            prior[:, s] += _harmonic_prior(src.harmonic, p, freq, K, per_channel, key, recipe_source)
+        if src.lock:
+            locks[s] = band_membership(freq, [(b.lo, b.hi, b.edge) for b in src.lock], resolution_hz=width) > 0.5
+        if src.noise_floor:
+            anchor[:, s] = noise_log_variance(
+                p,
+                group,
+                n_groups,
+                estimate=src.noise_floor.estimate,
+                percentile=src.noise_floor.percentile,
+                complex_coeffs=coeffs.is_complex(),
+            )
+        if src.learned:
+            learned[s] = load_offsets(src.learned, key=name, n_groups=n_groups).to(p.device)
+    if (locks.sum(0) > 1).any():
+        raise RecipeError(recipe_source, f"stages.{stage.name}.sources", "two sources lock the same band")
+    for s in range(S):
+        others = locks[[t for t in range(S) if t != s]].any(0) if S > 1 else torch.zeros_like(locks[0])
+        prior[:, s] = torch.where(others, torch.full_like(prior[:, s], _LOCK_OTHERS), prior[:, s])
+    inputs = ModelInputs(
+        power=p,
+        log_power=log_p,
+        prior=prior,
+        locks=locks,
+        group=group,
+        n_groups=n_groups,
+        frame=frame,
+        n_frames=grid.n_frames,
+        grid_shape=shape,
+        anchor=anchor,
+        learned=learned,
+    )
+    return inputs, per_channel
+
+
+def _blocks(src) -> SourceBlocks:
+    return SourceBlocks(
+        gain=not src.stationary,
+        detail=src.detail,
+        slope=src.energy,
+        smooth_time=src.smooth.time,
+        smooth_freq=src.smooth.freq,
+        anchor_weight=src.noise_floor.weight if src.noise_floor else 0.0,
+    )
+
+
+def _harmonic_prior(h, p: Tensor, freq: Tensor, K, per_channel: bool, key: str, recipe_source: str) -> Tensor:
+    if len(K) != 2 or per_channel:
+        raise RecipeError(recipe_source, f"{key}.harmonic", "a harmonic comb needs a (freq, frame) transform such as stft")
+    F, N = K
+    freqs = freq.reshape(F, N)[:, 0]
+    spec = p.reshape(-1, F, N)
+    f0, voicing = track_f0(spec, freqs, f0_min=h.f0_min, f0_max=h.f0_max, n_harmonics=h.n_harmonics)
+    comb = comb_log_odds(freqs, f0, voicing, n_harmonics=h.n_harmonics, width=h.width, strength=h.strength)
+    return comb.reshape(p.shape[0], -1)
+
+
+def _mel_groups(stage: StageSpec, freq: Tensor, sample_rate: float, recipe_source: str) -> tuple[Tensor, int]:
+    """Tie each frequency bin to the mel band whose filter weighs it most."""
+    from demux.transforms.mel import mel_filterbank
+
+    n_fft = stage.transform.params.get("n_fft")
+    if stage.transform.type != "stft" or not n_fft:
+        raise RecipeError(recipe_source, f"stages.{stage.name}.transform.mel_bands", "mel bands need an stft with n_fft")
+    fb = mel_filterbank(sample_rate=sample_rate, n_fft=n_fft, n_mels=stage.transform.mel_bands).to(freq.device)
+    bins = torch.round(freq * n_fft / sample_rate).long().clamp(0, fb.shape[1] - 1)
+    return fb.argmax(dim=0)[bins], fb.shape[0]
+
+
+def _build_transform(stage: StageSpec, sample_rate: float, recipe_source: str) -> Transform:
+    try:
+        return build_transform(stage.transform.type, sample_rate, **stage.transform.params)
+    except ParameterError as error:
+        raise RecipeError(recipe_source, f"stages.{stage.name}.transform", str(error)) from None
+
+
+def _is_wavelet(transform: Transform) -> bool:
+    from demux.transforms import DWT
+
+    return isinstance(transform, DWT)
+
+
+def _served_rate(recipe: Recipe, sample_rate: float) -> float:
+    if not recipe.sample_rates or any(abs(sample_rate - r) < 1e-6 for r in recipe.sample_rates):
+        return float(sample_rate)
+    if recipe.resample_to:
+        return float(recipe.resample_to)
+    served = ", ".join(f"{r:g}" for r in recipe.sample_rates)
+    raise ParameterError(f"sample rate {sample_rate:g} Hz is not served by recipe '{recipe.name}' (serves {served} Hz)")
+
+
+def _resample(x: Tensor, from_rate: float, to_rate: float) -> Tensor:
+    from demux.io import resample
+
+    B, C, T = x.shape
+    data = resample(x.detach().cpu().numpy().reshape(B * C, T), from_rate, to_rate)
+    return torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)).reshape(B, C, -1).to(x.device)
+
+
+def _fit_length(x: Tensor, length: int) -> Tensor:
+    """Crop or zero-pad the last axis to ``length`` (resampling rounds lengths)."""
+    if x.shape[-1] >= length:
+        return x[..., :length]
+    return torch.nn.functional.pad(x, (0, length - x.shape[-1]))
