@@ -131,7 +131,7 @@ def separate_item(
     Raises:
         DemuxError: on bad input; the message names the file.
     """
-    from demux.separate import separate
+    from demux.pipeline import separate
 
     start = time.perf_counter()
     if resume and not options.overwrite and is_complete(item):

@@ -4,11 +4,13 @@ Every coefficient k of the mixture is modelled as a sum of independent zero-mean
 sources with variances ``exp(z[s, k])`` (FASST, Kernel Additive Modelling). For
 source s (DESIGN.md, "The model")::
 
-    z[s, k] = prior[s, k] + level[s, b(k)] + gain[s, t(k)] + detail[s, k] + slope[s, b(k)] * e[k]
+    z[s, k] = prior[s, k] + level[s, b(k)] + gain[s, t(k)] + detail[s, k]
+              + beta[s, b(k)] * e[k] + alpha[s, b(k)] * E[k]
 
 with ``b(k)`` the coefficient's group (frequency bin, mel band, wavelet level),
-``t(k)`` its frame and ``e = log|c|^2 - median(log|c|^2)``. Which blocks a source
-fits is the recipe's choice (``stationary``, ``detail``, ``energy``). The
+``t(k)`` its frame, ``e = log|c|^2 - median(log|c|^2)`` and ``E`` the same of the
+neighbourhood mean power. Which blocks a source fits is the recipe's choice
+(``stationary``, ``detail``, ``energy``). The
 mixture-only objective is the Itakura-Saito divergence between the observed power
 and ``V = sum_s exp(z_s)`` plus the priors' penalties (smoothness, noise anchor).
 
@@ -36,7 +38,7 @@ class SourceBlocks:
 
     gain: bool
     detail: bool
-    slope: float | None  # initial energy slope, None: no energy term
+    energy: tuple[float, float] | None  # initial (beta, alpha), None: no energy terms
     smooth_time: float
     smooth_freq: float
     anchor_weight: float  # weight of the noise anchor on ``level`` (0: none)
@@ -49,6 +51,7 @@ class ModelInputs:
     Attributes:
         power: ``(B, Kf)`` coefficient power, normalised to mean 1 per item.
         log_power: ``(B, Kf)`` ``e = log(power) - median(log(power))``.
+        local_energy: ``(B, Kf)`` ``E``, the same of the neighbourhood mean power.
         prior: ``(B, S, Kf)`` fixed prior log-odds.
         locks: ``(S, Kf)`` boolean hard locks.
         group: ``(Kf,)`` int64 group of each coefficient.
@@ -62,6 +65,7 @@ class ModelInputs:
 
     power: Tensor
     log_power: Tensor
+    local_energy: Tensor
     prior: Tensor
     locks: Tensor
     group: Tensor
@@ -77,8 +81,8 @@ class VarianceModel:
     """Packs the fitted blocks into one flat vector per item and evaluates the objective.
 
     ``theta`` is ``(B, P)``: per item, the concatenation of ``level (S, G)``,
-    ``gain (Sg, N)``, ``slope (Se, G)`` and ``detail (Sd, Kf)`` for the sources that
-    fit each block.
+    ``gain (Sg, N)``, ``beta (Se, G)``, ``alpha (Se, G)`` and ``detail (Sd, Kf)`` for
+    the sources that fit each block.
     """
 
     def __init__(self, blocks: list[SourceBlocks], inputs: ModelInputs, *, combiner: str, residual: int | None):
@@ -88,12 +92,13 @@ class VarianceModel:
         self.residual = residual
         S, G, N, Kf = len(blocks), inputs.n_groups, inputs.n_frames, inputs.power.shape[1]
         self.gain_sources = [s for s, b in enumerate(blocks) if b.gain and N > 1]
-        self.slope_sources = [s for s, b in enumerate(blocks) if b.slope is not None]
+        self.energy_sources = [s for s, b in enumerate(blocks) if b.energy is not None]
         self.detail_sources = [s for s, b in enumerate(blocks) if b.detail]
         self.sizes = {
             "level": (S, G),
             "gain": (len(self.gain_sources), N),
-            "slope": (len(self.slope_sources), G),
+            "beta": (len(self.energy_sources), G),
+            "alpha": (len(self.energy_sources), G),
             "detail": (len(self.detail_sources), Kf),
         }
 
@@ -117,15 +122,20 @@ class VarianceModel:
         group_mean = torch.zeros(B, x.n_groups, dtype=x.power.dtype).index_add_(1, x.group, x.power) / counts
         log_mean = torch.log(group_mean + 1e-8)
         e_mean = torch.zeros_like(group_mean).index_add_(1, x.group, x.log_power) / counts
+        local_mean = torch.zeros_like(group_mean).index_add_(1, x.group, x.local_energy) / counts
         parts = []
         level = log_mean[:, None, :].expand(B, S, -1) - torch.log(torch.tensor(float(S)))
-        slopes = torch.tensor([b.slope or 0.0 for b in self.blocks], dtype=x.power.dtype)
-        level = level - slopes[None, :, None] * e_mean[:, None, :]
+        beta, alpha = (
+            torch.tensor([(b.energy or (0.0, 0.0))[i] for b in self.blocks], dtype=x.power.dtype) for i in (0, 1)
+        )
+        # start each energy-following source at its share of the group's mean log-power
+        level = level - beta[None, :, None] * e_mean[:, None, :] - alpha[None, :, None] * local_mean[:, None, :]
         anchored = torch.tensor([b.anchor_weight > 0 for b in self.blocks])
         level = torch.where(anchored[None, :, None], x.anchor, level)
         parts.append(level.reshape(B, -1))
         parts.append(torch.zeros(B, self.sizes["gain"][0] * self.sizes["gain"][1], dtype=x.power.dtype))
-        parts.append(slopes[self.slope_sources][None, :, None].expand(B, -1, x.n_groups).reshape(B, -1))
+        for initial in (beta, alpha):
+            parts.append(initial[self.energy_sources][None, :, None].expand(B, -1, x.n_groups).reshape(B, -1))
         parts.append(torch.zeros(B, self.sizes["detail"][0] * self.sizes["detail"][1], dtype=x.power.dtype))
         return torch.cat(parts, dim=1)
 
@@ -135,8 +145,9 @@ class VarianceModel:
         z = (p["level"] + x.learned[None])[:, :, x.group]
         if self.gain_sources:
             z = z.index_add(1, _index(self.gain_sources, z), p["gain"][:, :, x.frame])
-        if self.slope_sources:
-            z = z.index_add(1, _index(self.slope_sources, z), p["slope"][:, :, x.group] * x.log_power[:, None, :])
+        if self.energy_sources:
+            energy = p["beta"][:, :, x.group] * x.log_power[:, None, :] + p["alpha"][:, :, x.group] * x.local_energy[:, None, :]
+            z = z.index_add(1, _index(self.energy_sources, z), energy)
         if self.detail_sources:
             z = z.index_add(1, _index(self.detail_sources, z), p["detail"])
         return z

@@ -55,6 +55,28 @@ class Harmonic:
 
 
 @dataclass(frozen=True)
+class Energy:
+    """Energy terms ``beta * e_k + alpha * E_k`` (initial values; fitted per group).
+
+    ``e_k`` is the coefficient's level-normalised log-power, ``E_k`` the same of the
+    mean power over a ``size``-wide neighbourhood (``size x size`` on time-frequency
+    grids): alpha rewards coefficients in energetic regions, beta energetic coefficients.
+    """
+
+    beta: float = 1.0
+    alpha: float = 0.0
+    size: int = 3
+
+
+@dataclass(frozen=True)
+class Steering:
+    """A direction of arrival: beams within about ``width`` degrees of ``direction`` belong here."""
+
+    direction: float
+    width: float = 10.0
+
+
+@dataclass(frozen=True)
 class Smooth:
     """Penalty weights on squared differences of the fitted log-variance."""
 
@@ -80,14 +102,15 @@ class Source:
     """One source of a stage: its priors (physical units) and which parameters it fits.
 
     The source's log-variance at coefficient k (DESIGN.md, "The model") is
-    ``z = prior(k) + level[b(k)] + gain[t(k)] + detail[k] + energy_slope[b(k)] * e_k``.
+    ``z = prior(k) + level[b(k)] + gain[t(k)] + detail[k] + beta[b(k)] * e_k + alpha[b(k)] * E_k``.
     """
 
     bands: tuple[Band, ...] = ()  # support Omega_s; empty = everywhere
     levels: tuple[int, ...] = ()  # wavelet scales J_s (1 = finest detail; the approximation is level+1)
     harmonic: Harmonic | None = None
     lock: tuple[Band, ...] = ()  # hard: this source takes these bands whole
-    energy: float | None = None  # initial slope on the level-normalised log-power e_k
+    energy: Energy | None = None  # the source follows the observed energy (sparse, transient, loud)
+    steering: Steering | None = None  # direction of arrival, for spatial transforms
     stationary: bool = False  # no per-frame gain: a stationary noise
     detail: bool = False  # free per-coefficient log-variance offsets
     smooth: Smooth = field(default_factory=Smooth)
@@ -400,6 +423,12 @@ def _check_structure(recipe: Recipe) -> None:
                     raise RecipeError(
                         recipe.source, f"{path}.sources.{name}.bands.{i}", f"expected 0 <= lo < hi, got lo={band.lo}, hi={band.hi}"
                     )
+            if src.energy and src.energy.size < 1:
+                raise RecipeError(recipe.source, f"{path}.sources.{name}.energy.size", "expected an integer >= 1")
+            if src.steering and not (-90 <= src.steering.direction <= 90 and src.steering.width > 0):
+                raise RecipeError(
+                    recipe.source, f"{path}.sources.{name}.steering", "expected -90 <= direction <= 90 degrees and width > 0"
+                )
             if src.harmonic and not 0 < src.harmonic.f0_min < src.harmonic.f0_max:
                 raise RecipeError(recipe.source, f"{path}.sources.{name}.harmonic", "expected 0 < f0_min < f0_max")
 

@@ -59,3 +59,17 @@ def level_membership(group: Tensor, levels: Sequence[int], *, n_groups: int) -> 
     level = torch.where(group == 0, torch.full_like(group, depth + 1), depth - group + 1)
     wanted = torch.tensor(sorted(levels), dtype=group.dtype, device=group.device)
     return torch.isin(level, wanted).to(torch.get_default_dtype())
+
+
+def direction_membership(direction_deg: Tensor, *, direction: float, width: float) -> Tensor:
+    """Gaussian membership of beams in a direction of arrival.
+
+    Args:
+        direction_deg: steering direction of each coefficient's beam, degrees, any shape.
+        direction: the source's direction, degrees from broadside.
+        width: standard deviation of the membership, degrees.
+
+    Returns:
+        ``exp(-0.5 ((direction_deg - direction) / width)^2)``, shape of ``direction_deg``.
+    """
+    return torch.exp(-0.5 * ((direction_deg - direction) / width).square())

@@ -1,5 +1,8 @@
 """Stages and pipelines: transform -> priors -> fit -> masks -> stems.
 
+(DESIGN.md calls this module ``separate.py``; it is ``pipeline.py`` so that the
+public function ``demux.separate`` and a submodule of that name do not clash.)
+
 The forward pass reads as the pipeline::
 
     coeffs = transform(x)
@@ -30,7 +33,7 @@ from demux.priors.combine import apply_locks
 from demux.priors.harmonic import comb_log_odds, track_f0
 from demux.priors.learned import load_offsets
 from demux.priors.noise import noise_log_variance
-from demux.priors.support import band_membership, level_membership, support_log_odds
+from demux.priors.support import band_membership, direction_membership, level_membership, support_log_odds
 from demux.recipe import Recipe, check_against_signal, load_recipe
 from demux.recipe import Stage as StageSpec
 from demux.transforms import Transform, build_transform, power
@@ -72,6 +75,23 @@ class Separation:
 
     def provenance(self) -> dict:
         return {"sample_rate": self.sample_rate, "stages": [dataclasses.asdict(s) for s in self.stages]}
+
+
+class Separator:
+    """A recipe bound to a seed and a device: the object a program keeps and calls.
+
+    >>> separator = Separator("tones-fft", seed=0)          # doctest: +SKIP
+    >>> stems = separator(mixture, 16000).stems            # doctest: +SKIP
+    """
+
+    def __init__(self, recipe: Recipe | str, *, seed: int = 0, device: str | torch.device = "cpu", overrides=()):
+        self.recipe = load_recipe(recipe, overrides) if isinstance(recipe, str) else recipe
+        self.seed = seed
+        self.device = device
+
+    def __call__(self, signal: Tensor | np.ndarray, sample_rate: float, **kwargs) -> Separation:
+        """Separate ``(channel, time)`` or ``(batch, channel, time)``; see :func:`separate`."""
+        return separate(signal, sample_rate, self.recipe, seed=self.seed, device=self.device, **kwargs)
 
 
 def separate(
@@ -143,7 +163,7 @@ def run_stage(stage: StageSpec, x: Tensor, sample_rate: float, *, seed: int, rec
         coeffs = transform(x)
     except ParameterError as error:  # e.g. a wavelet level deeper than this signal allows
         raise RecipeError(recipe_source, f"stages.{stage.name}.transform", str(error)) from None
-    K = tuple(coeffs.shape[2:])
+    Cc, K = coeffs.shape[1], tuple(coeffs.shape[2:])  # Cc: components or beams for transforms over channels
     inputs, per_channel = stage_inputs(stage, coeffs, transform, T, recipe_source)
     blocks = [_blocks(src) for src in stage.sources.values()]
     names = list(stage.sources)
@@ -155,8 +175,8 @@ def run_stage(stage: StageSpec, x: Tensor, sample_rate: float, *, seed: int, rec
         masks = apply_locks(model.masks(result.theta), inputs.locks)  # (B, S, Kf)
         share = (masks * inputs.power[:, None]).mean(2) / inputs.power.mean(1, keepdim=True)
         S = len(names)
-        masks = masks.reshape(B, S, C if per_channel else 1, *K)
-        masked = (coeffs.unsqueeze(1) * masks).reshape(B * S, C, *K)
+        masks = masks.reshape(B, S, Cc if per_channel else 1, *K)
+        masked = (coeffs.unsqueeze(1) * masks).reshape(B * S, Cc, *K)
         out = transform.inverse(masked, T).reshape(B, S, C, T)
     summary = result.to_dict()
     steps = summary["trajectory"]
@@ -188,7 +208,8 @@ def stage_inputs(stage: StageSpec, coeffs: Tensor, transform: Transform, length:
     B, C = coeffs.shape[:2]
     K = tuple(coeffs.shape[2:])
     grid = transform.grid(length)
-    per_channel = any(t.dim() == len(K) + 1 and t.shape[0] > 1 for t in (grid.freq_hz, grid.group, grid.frame))
+    axes = [grid.freq_hz, grid.group, grid.frame] + ([grid.direction_deg] if grid.direction_deg is not None else [])
+    per_channel = any(t.dim() == len(K) + 1 and t.shape[0] > 1 for t in axes)
     shape = (C if per_channel else 1, *K)
 
     def flat(t: Tensor) -> Tensor:
@@ -203,8 +224,9 @@ def stage_inputs(stage: StageSpec, coeffs: Tensor, transform: Transform, length:
     p = power(coeffs).float()
     p = p.reshape(B, -1) if per_channel else p.sum(1).reshape(B, -1)
     p = p / (p.mean(dim=1, keepdim=True) + 1e-20)
-    log_p = torch.log(p + 1e-10)
-    log_p = log_p - log_p.median(dim=1, keepdim=True).values
+    log_p = _level_normalised_log(p)
+    sizes = [src.energy.size for src in stage.sources.values() if src.energy]
+    local = _level_normalised_log(_neighbourhood_mean(p, shape, max(sizes))) if sizes else torch.zeros_like(p)
 
     names = list(stage.sources)
     S, Kf = len(names), p.shape[1]
@@ -226,6 +248,13 @@ def stage_inputs(stage: StageSpec, coeffs: Tensor, transform: Transform, length:
                     recipe_source, f"{key}.levels", f"level {max(src.levels)} is deeper than this signal allows ({depth + 1})"
                 )
             member = torch.minimum(member, level_membership(group, src.levels, n_groups=n_groups))
+        if src.steering:
+            if grid.direction_deg is None:
+                raise RecipeError(recipe_source, f"{key}.steering", "a direction needs a spatial transform ('spatial')")
+            toward = direction_membership(
+                flat(grid.direction_deg).float(), direction=src.steering.direction, width=src.steering.width
+            )
+            member = torch.minimum(member, toward)
         prior[:, s] = support_log_odds(member, outside=src.outside)
         if src.harmonic:
             prior[:, s] += _harmonic_prior(src.harmonic, p, freq, K, per_channel, key, recipe_source)
@@ -250,6 +279,7 @@ def stage_inputs(stage: StageSpec, coeffs: Tensor, transform: Transform, length:
     inputs = ModelInputs(
         power=p,
         log_power=log_p,
+        local_energy=local,
         prior=prior,
         locks=locks,
         group=group,
@@ -267,11 +297,32 @@ def _blocks(src) -> SourceBlocks:
     return SourceBlocks(
         gain=not src.stationary,
         detail=src.detail,
-        slope=src.energy,
+        energy=(src.energy.beta, src.energy.alpha) if src.energy else None,
         smooth_time=src.smooth.time,
         smooth_freq=src.smooth.freq,
         anchor_weight=src.noise_floor.weight if src.noise_floor else 0.0,
     )
+
+
+def _level_normalised_log(power: Tensor) -> Tensor:
+    """``(B, Kf)`` log-power minus its median per item: invariant to the input gain."""
+    log_p = torch.log(power + 1e-10)
+    return log_p - log_p.median(dim=1, keepdim=True).values
+
+
+def _neighbourhood_mean(power: Tensor, shape: tuple[int, ...], size: int) -> Tensor:
+    """``(B, Kf)`` mean of ``power`` over a window ``size`` wide (made odd, so it is centred).
+
+    On ``(channel, freq, frame)`` grids the window is ``size x size``; otherwise it
+    runs along the flattened coefficients of each channel.
+    """
+    B, size = power.shape[0], size // 2 * 2 + 1
+    pool = {"stride": 1, "padding": size // 2, "count_include_pad": False}
+    if len(shape) == 3:
+        out = torch.nn.functional.avg_pool2d(power.reshape(B * shape[0], 1, *shape[1:]), size, **pool)
+    else:
+        out = torch.nn.functional.avg_pool1d(power.reshape(B * shape[0], 1, -1), size, **pool)
+    return out.reshape(B, -1)
 
 
 def _harmonic_prior(h, p: Tensor, freq: Tensor, K, per_channel: bool, key: str, recipe_source: str) -> Tensor:

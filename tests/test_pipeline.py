@@ -16,7 +16,7 @@ from conftest import si_sdr_db, tones
 from demux.errors import ParameterError, RecipeError
 from demux.model import ModelInputs, SourceBlocks, VarianceModel
 from demux.recipe import load_recipe, parse_recipe
-from demux.separate import separate
+from demux.pipeline import separate
 
 FS = 8000
 
@@ -94,7 +94,9 @@ def test_harmonic_against_clicks_with_anisotropic_smoothness():
     g = torch.Generator().manual_seed(1)
     for k in range(0, n, 2000):
         clicks[k : k + 30] = 0.8 * torch.randn(30, generator=g)
-    recipe = load_recipe("audio-stft", ["hpss.fit.max_iter=20"])
+    recipe = load_recipe(
+        "audio-stft", ["hpss.fit.max_iter=20", "hpss.sources.harmonic.smooth.time=4", "hpss.sources.noisy.smooth.freq=4"]
+    )
     stage = recipe.stages[0]
     recipe = type(recipe)(name="hpss", stages=(stage,), sample_rates=())
     result = separate((harmonic + clicks)[None], FS, recipe)
@@ -187,6 +189,7 @@ def test_model_gradients_flow_in_float64():
     inputs = ModelInputs(
         power=power,
         log_power=torch.log(power),
+        local_energy=torch.log(power).roll(1, dims=1),
         prior=torch.zeros(B, S, Kf, dtype=torch.float64),
         locks=torch.zeros(S, Kf, dtype=torch.bool),
         group=torch.arange(Kf) % 3,
@@ -198,8 +201,8 @@ def test_model_gradients_flow_in_float64():
         learned=torch.zeros(S, 3, dtype=torch.float64),
     )
     blocks = [
-        SourceBlocks(gain=True, detail=True, slope=1.0, smooth_time=1.0, smooth_freq=0.0, anchor_weight=0.0),
-        SourceBlocks(gain=False, detail=False, slope=None, smooth_time=0.0, smooth_freq=1.0, anchor_weight=2.0),
+        SourceBlocks(gain=True, detail=True, energy=(1.0, 0.5), smooth_time=1.0, smooth_freq=0.0, anchor_weight=0.0),
+        SourceBlocks(gain=False, detail=False, energy=None, smooth_time=0.0, smooth_freq=1.0, anchor_weight=2.0),
     ]
     model = VarianceModel(blocks, inputs, combiner="softmax", residual=None)
     theta = (model.initial().double() + 0.1 * torch.randn(B, model.n_params, dtype=torch.float64)).requires_grad_()

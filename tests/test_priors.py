@@ -1,0 +1,135 @@
+"""Prior terms: support in Hz, wavelet levels, directions, f0 tracking and combs, noise floors, masks, locks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from conftest import tones
+from demux.errors import InputError
+from demux.priors.combine import apply_locks, sigmoid_masks, softmax_masks
+from demux.priors.harmonic import comb_log_odds, track_f0
+from demux.priors.learned import load_offsets
+from demux.priors.noise import group_quantile, noise_log_variance
+from demux.priors.support import band_membership, direction_membership, level_membership, support_log_odds
+from demux.transforms import STFT
+
+
+def test_band_membership_is_one_inside_zero_outside_and_half_at_the_edges():
+    freq = torch.tensor([0.0, 400.0, 500.0, 700.0, 1000.0, 1500.0])
+    member = band_membership(freq, [(500.0, 1000.0, 40.0)], resolution_hz=1.0)
+    assert member[3] > 0.999 and member[0] < 1e-10 and member[5] < 1e-10
+    assert member[2] == pytest.approx(0.5, abs=1e-3) and member[4] == pytest.approx(0.5, abs=1e-3)
+    log_odds = support_log_odds(member, outside=-8.0)
+    assert log_odds[3] == pytest.approx(0.0, abs=1e-2) and log_odds[0] == pytest.approx(-8.0)
+
+
+def test_several_bands_take_the_union():
+    freq = torch.tensor([100.0, 300.0, 600.0])
+    member = band_membership(freq, [(50.0, 150.0, 0.0), (550.0, 650.0, 0.0)], resolution_hz=10.0)
+    assert member[0] > 0.99 and member[2] > 0.99 and member[1] < 1e-6
+
+
+def test_level_membership_follows_wavedec_order():
+    group = torch.arange(4)  # [cA3, cD3, cD2, cD1]
+    assert level_membership(group, [1], n_groups=4).tolist() == [0, 0, 0, 1]
+    assert level_membership(group, [3, 4], n_groups=4).tolist() == [1, 1, 0, 0]
+
+
+def test_direction_membership_peaks_at_the_direction():
+    angles = torch.arange(-90.0, 91.0, 5.0)
+    member = direction_membership(angles, direction=30.0, width=10.0)
+    assert angles[member.argmax()] == 30.0
+    assert member[angles == 50.0].item() == pytest.approx(math.exp(-2.0), rel=1e-5)
+
+
+def test_f0_tracking_finds_a_harmonic_fundamental():
+    fs, f0 = 16000, 180.0
+    x = tones([(f0 * h, 0.5 / h) for h in range(1, 8)], sample_rate=fs, seconds=0.5)
+    stft = STFT(fs, n_fft=2048, hop=256)
+    power = stft(x[None, None]).abs().square()[:, 0].double()
+    freqs = stft.grid(x.shape[0]).freq_hz.flatten().double()
+    track, voicing = track_f0(power, freqs, f0_min=70, f0_max=500)
+    middle = track[0, 3:-3]
+    assert torch.all((middle - f0).abs() / f0 < 0.03)
+    assert voicing[0, 3:-3].min() > 0.5
+
+
+def test_comb_is_positive_on_the_teeth_and_negative_between():
+    freqs = torch.linspace(0, 2000, 2001)
+    log_odds = comb_log_odds(freqs, torch.tensor([[200.0]]), torch.tensor([[1.0]]), n_harmonics=5, width=0.03, strength=4.0)
+    assert log_odds.shape == (1, 2001, 1)
+    for h in range(1, 6):
+        assert log_odds[0, 200 * h, 0] == pytest.approx(4.0, abs=1e-4)
+    assert log_odds[0, 300, 0] == pytest.approx(-4.0, abs=1e-3)
+    unvoiced = comb_log_odds(freqs, torch.tensor([[200.0]]), torch.tensor([[0.0]]), n_harmonics=5, width=0.03, strength=4.0)
+    assert torch.allclose(unvoiced, torch.full_like(unvoiced, -4.0))
+
+
+@pytest.mark.parametrize("estimate", ["mad", "minimum"])
+@pytest.mark.parametrize("complex_coeffs", [False, True])
+def test_noise_floor_recovers_the_variance_of_white_noise(estimate, complex_coeffs):
+    g = torch.Generator().manual_seed(0)
+    sigma2 = torch.tensor([0.5, 2.0, 8.0])
+    n = 20000
+    group = torch.arange(3).repeat_interleave(n)
+    if complex_coeffs:
+        c = torch.complex(torch.randn(3 * n, generator=g), torch.randn(3 * n, generator=g)) * (sigma2.repeat_interleave(n) / 2).sqrt()
+        power = c.abs().square()
+    else:
+        power = (torch.randn(3 * n, generator=g) * sigma2.repeat_interleave(n).sqrt()).square()
+    log_var = noise_log_variance(power[None], group, 3, estimate=estimate, percentile=20.0, complex_coeffs=complex_coeffs)
+    assert torch.allclose(log_var[0].exp(), sigma2, rtol=0.05)
+
+
+def test_group_quantile_matches_torch_per_group():
+    power = torch.rand(2, 30, generator=torch.Generator().manual_seed(1))
+    group = torch.arange(30) % 4
+    out = group_quantile(power, group, 5, 0.5)
+    for g in range(4):
+        assert torch.allclose(out[:, g], power[:, group == g].quantile(0.5, dim=1))
+    assert torch.allclose(out[:, 4], power.quantile(0.5, dim=1))  # an empty group falls back to all
+
+
+def test_softmax_masks_sum_to_one():
+    z = torch.randn(2, 3, 10, generator=torch.Generator().manual_seed(2))
+    assert torch.allclose(softmax_masks(z).sum(1), torch.ones(2, 10))
+
+
+def test_sigmoid_masks_respect_the_cross_source_constraint():
+    z = 5 * torch.randn(2, 4, 50, generator=torch.Generator().manual_seed(3))
+    eps = 0.05
+    m = sigmoid_masks(z, residual=3, eps=eps)
+    targets = m[:, :3].sum(1)
+    assert torch.all(targets <= 1 + eps + 1e-6)
+    assert torch.all(m >= 0)
+    assert torch.allclose(m[:, 3], torch.clamp(1 - targets, min=0))
+    assert (targets > 1).any()  # the slack is used, so the check above is not vacuous
+
+
+def test_locks_make_the_locked_band_one_hot():
+    masks = torch.full((1, 2, 4), 0.5)
+    locks = torch.tensor([[False, True, False, False], [False, False, False, True]])
+    out = apply_locks(masks, locks)
+    assert out[0, :, 1].tolist() == [1.0, 0.0] and out[0, :, 3].tolist() == [0.0, 1.0]
+    assert out[0, :, 0].tolist() == [0.5, 0.5]
+
+
+def test_learned_offsets_round_trip_and_refuse_other_files(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "params.safetensors"
+    save_file({"voice": torch.arange(4.0)}, str(path))
+    assert torch.equal(load_offsets(path, key="voice", n_groups=4), torch.arange(4.0))
+    with pytest.raises(InputError, match="has no tensor 'noise'"):
+        load_offsets(path, key="noise", n_groups=4)
+    with pytest.raises(InputError, match=r"has shape \(4,\), expected \(5,\)"):
+        load_offsets(path, key="voice", n_groups=5)
+    pickle_file = tmp_path / "model.pt"
+    torch.save({"voice": torch.zeros(4)}, pickle_file)
+    with pytest.raises(InputError, match="not a safetensors file"):
+        load_offsets(pickle_file, key="voice", n_groups=4)
+    with pytest.raises(InputError, match="no such learned-parameters file"):
+        load_offsets(tmp_path / "missing.safetensors", key="voice", n_groups=4)
