@@ -1,0 +1,242 @@
+"""Metrics: BSS-Eval parity with mir_eval (fixtures and random cases), SI-SDR against a
+naive formula, silence handling, and the transform-domain diagnostics."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from demux.errors import ParameterError
+from demux.metrics import (
+    MetricWarning,
+    bss_eval,
+    leakage,
+    si_sdr,
+    snr,
+    transform_sir,
+    trust_region_stability,
+)
+
+SETS = ("01", "02", "03", "05", "06", "07", "08", "09")
+TOL_DB = 0.01
+
+
+def _load_set(folder: Path) -> torch.Tensor:
+    """``(S, T)`` float64, channels averaged to mono and sources in filename order (mir_eval's loader)."""
+    sources = []
+    for path in sorted(folder.glob("*.wav")):
+        data, _ = sf.read(path, dtype="float64", always_2d=True)
+        sources.append(data.mean(axis=1))
+    return torch.from_numpy(np.stack(sources))
+
+
+def _fixture(shared_data: Path, number: str):
+    fixtures = shared_data / "mir_eval_fixtures"
+    if not fixtures.is_dir():
+        pytest.skip(f"{fixtures} not present")
+    expected = json.loads((fixtures / f"output{number}.json").read_text())
+    return _load_set(fixtures / f"ref{number}"), _load_set(fixtures / f"est{number}"), expected
+
+
+def _assert_close(actual: torch.Tensor, expected, what: str) -> None:
+    expected = torch.tensor(np.asarray(expected, dtype=np.float64))
+    assert actual.shape == expected.shape, what
+    both_inf = torch.isinf(actual) & torch.isinf(expected) & (actual.sign() == expected.sign())
+    error = torch.where(both_inf, 0.0, (actual - expected).abs())
+    assert float(error.max()) < TOL_DB, f"{what}: max error {float(error.max()):.3g} dB"
+
+
+@pytest.mark.parametrize("number", SETS)
+def test_fast_engine_matches_mir_eval_fixtures(shared_data, number):
+    ref, est, expected = _fixture(shared_data, number)
+    result = bss_eval(ref, est, engine="fast")
+    sources = expected["Sources"]
+    _assert_close(result.sdr, sources["Source to Distortion"], "sdr")
+    _assert_close(result.sir, sources["Source to Interference"], "sir")
+    _assert_close(result.sar, sources["Source to Artifact"], "sar")
+    assert result.permutation.tolist() == sources["Source permutation"]
+    assert result.engine == "fast" and result.engine_version
+
+
+@pytest.mark.parametrize("number", ["01", "05", "06", "07"])
+def test_fast_engine_framewise_matches_mir_eval_fixtures(shared_data, number):
+    # A subset for time (each frame is a full solve); 2 and 3 sources, mono and the
+    # stereo set. Set 09's 500-sample windows are under the 512-tap filter, which
+    # demux refuses (test_short_signals_are_refused).
+    ref, est, expected = _fixture(shared_data, number)
+    framewise = expected["Framewise"]
+    result = bss_eval(ref, est, engine="fast", window=framewise["win"], hop=framewise["hop"], permutation=False)
+    _assert_close(result.sdr, framewise["Source to Distortion"], "framewise sdr")
+    _assert_close(result.sir, framewise["Source to Interference"], "framewise sir")
+    _assert_close(result.sar, framewise["Source to Artifact"], "framewise sar")
+
+
+def test_mir_eval_engine_matches_fixtures_sources_and_images(shared_data):
+    ref, est, expected = _fixture(shared_data, "01")
+    result = bss_eval(ref, est, engine="mir_eval")
+    _assert_close(result.sdr, expected["Sources"]["Source to Distortion"], "sdr")
+    assert result.engine == "mir_eval"
+    images = expected["Images"]
+    extra = images["nchan"] - 1
+
+    def as_images(x: torch.Tensor, gain: float, reverse: bool) -> torch.Tensor:
+        channels = [x * gain] * extra
+        return torch.stack([x, *(channels[::-1] if reverse else channels)], dim=1)  # (S, C, T)
+
+    result = bss_eval(
+        as_images(ref, 1.0, False), as_images(est, images["gain"], images["reverse"]), engine="mir_eval", mode="images"
+    )
+    _assert_close(result.sdr, images["Source to Distortion"], "images sdr")
+    _assert_close(result.isr, images["Image to Spatial"], "images isr")
+    _assert_close(result.sar, images["Source to Artifact"], "images sar")
+
+
+def _random_case(seed: int, S: int, T: int = 4096):
+    generator = torch.Generator().manual_seed(seed)
+    ref = torch.randn(S, T, generator=generator, dtype=torch.float64)
+    mixing = torch.eye(S, dtype=torch.float64) + 0.3 * torch.rand(S, S, generator=generator, dtype=torch.float64)
+    est = mixing @ ref + 0.1 * torch.randn(S, T, generator=generator, dtype=torch.float64)
+    order = torch.randperm(S, generator=generator)
+    return ref, est[order], order
+
+
+@pytest.mark.parametrize("seed, S", [(0, 2), (1, 3)])
+def test_random_permuted_estimates_match_mir_eval(seed, S):
+    ref, est, order = _random_case(seed, S)
+    fast = bss_eval(ref, est, engine="fast")
+    slow = bss_eval(ref, est, engine="mir_eval")
+    for name in ("sdr", "sir", "sar"):
+        _assert_close(getattr(fast, name), getattr(slow, name).numpy(), name)
+    # estimate k holds reference order[k], so reference j is in estimate argsort(order)[j]
+    expected = torch.argsort(order)
+    assert fast.permutation.tolist() == expected.tolist() == slow.permutation.tolist()
+
+
+def test_batch_equals_items():
+    cases = [_random_case(seed, 2)[:2] for seed in (3, 4)]
+    ref = torch.stack([c[0] for c in cases])
+    est = torch.stack([c[1] for c in cases])
+    batched = bss_eval(ref, est, permutation=False)
+    assert batched.sdr.shape == (2, 2)
+    for i, (r, e) in enumerate(cases):
+        torch.testing.assert_close(batched.sdr[i], bss_eval(r, e, permutation=False).sdr)
+
+
+def _naive_si_sdr(estimate: np.ndarray, reference: np.ndarray) -> float:
+    alpha = np.dot(estimate, reference) / np.dot(reference, reference)
+    target = alpha * reference
+    return 10 * np.log10(np.sum(target**2) / np.sum((estimate - target) ** 2))
+
+
+def test_si_sdr_matches_naive_formula_and_is_scale_invariant():
+    generator = torch.Generator().manual_seed(5)
+    ref = torch.randn(2, 3, 1000, generator=generator, dtype=torch.float64)
+    est = ref + 0.5 * torch.randn(2, 3, 1000, generator=generator, dtype=torch.float64)
+    value = si_sdr(est, ref)
+    assert value.shape == (2, 3)
+    for b, s in itertools.product(range(2), range(3)):
+        assert float(value[b, s]) == pytest.approx(_naive_si_sdr(est[b, s].numpy(), ref[b, s].numpy()), abs=1e-9)
+    torch.testing.assert_close(si_sdr(7.0 * est, ref), value)
+    assert float(snr(est, ref)[0, 0]) == pytest.approx(
+        10 * np.log10(np.sum(ref[0, 0].numpy() ** 2) / np.sum((ref[0, 0] - est[0, 0]).numpy() ** 2)), abs=1e-9
+    )
+
+
+def test_si_sdr_perfect_estimate_is_capped_by_eps():
+    ref = torch.randn(1, 500, dtype=torch.float64)
+    assert float(si_sdr(ref, ref, eps=1e-6)[0]) == pytest.approx(60.0, abs=1e-6)
+
+
+def test_silence_gives_nan_with_warning_not_a_crash():
+    ref, est, _ = _random_case(6, 3)
+    est = est.clone()
+    ref = ref.clone()
+    ref[1] = 0.0  # silent reference
+    est[2] = 0.0  # all-zero estimate
+    with pytest.warns(MetricWarning, match="silent reference"):
+        result = bss_eval(ref, est, permutation=False)
+    assert torch.isnan(result.sdr[1]) and torch.isnan(result.sdr[2])
+    # the remaining source is scored as if the silent pair were not there
+    expected = bss_eval(ref[[0, 2]], torch.stack([est[0], ref[2]]), permutation=False).sdr[0]
+    assert float(result.sdr[0]) == pytest.approx(float(expected), abs=1e-9)
+    with pytest.warns(MetricWarning, match="identity order"):
+        with_search = bss_eval(ref, est, permutation=True, engine="mir_eval")
+    assert with_search.permutation.tolist() == [0, 1, 2]
+    assert float(with_search.sdr[0]) == pytest.approx(float(expected), abs=TOL_DB)
+    with pytest.warns(MetricWarning, match="silent"):
+        value = si_sdr(est, ref)
+    assert torch.isnan(value[1]) and torch.isnan(value[2]) and torch.isfinite(value[0])
+
+
+def test_one_reference_has_infinite_sir_and_says_why():
+    ref, est, _ = _random_case(7, 1)
+    result = bss_eval(ref, est)
+    assert torch.isinf(result.sir).all() and torch.isfinite(result.sdr).all()
+    assert any("[clean, noise]" in note for note in result.notes)
+
+
+def test_bad_arguments_raise_parameter_errors():
+    ref, est, _ = _random_case(8, 2)
+    with pytest.raises(ParameterError, match="engine="):
+        bss_eval(ref, est, engine="museval")
+    with pytest.raises(ParameterError, match="same"):
+        bss_eval(ref, est[:, :-1])
+    with pytest.raises(ParameterError, match="images"):
+        bss_eval(ref[:, None], est[:, None], mode="images", engine="fast")
+    with pytest.raises(ParameterError, match="both window and hop"):
+        bss_eval(ref, est, window=1024)
+    with pytest.raises(ParameterError, match="finite"):
+        bss_eval(ref, est * float("nan"))
+
+
+def test_short_signals_are_refused():
+    ref, est, _ = _random_case(9, 2, T=600)
+    with pytest.raises(ParameterError, match="512"):
+        bss_eval(ref, est, window=500, hop=50)
+    with pytest.raises(ParameterError, match="512"):
+        bss_eval(ref[:, :400], est[:, :400])
+
+
+def test_leakage_known_answer():
+    # two sources on disjoint halves of 4 coefficients, with hand-made keep masks
+    coeffs = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 2.0, 2.0]])
+    keep = torch.tensor([[1.0, 0.5, 0.0, 0.0], [0.0, 0.5, 1.0, 1.0]])
+    L = leakage(coeffs, 1 - keep)
+    # source 0 (energy 2): stem 0 keeps 1 + 0.25, stem 1 keeps 0.25; source 1 stays in stem 1
+    expected = torch.tensor([[1.25 / 2, 0.25 / 2], [0.0, 1.0]])
+    torch.testing.assert_close(L, expected)
+    with pytest.warns(MetricWarning, match="silent"):
+        L = leakage(torch.stack([coeffs[0], torch.zeros(4)]), 1 - keep)
+    assert torch.isnan(L[1]).all() and torch.isfinite(L[0]).all()
+
+
+def test_transform_sir_known_answer_and_complex():
+    coeffs = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.5, 2.0]], dtype=torch.complex64)
+    masks = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    sir = transform_sir(coeffs, masks)
+    # stem 0 lets through 0.5 of source 1 at coefficient 1: 10 log10(2 / 0.25); stem 1 is clean
+    assert float(sir[0]) == pytest.approx(10 * np.log10(2 / 0.25), abs=1e-5)
+    assert torch.isinf(sir[1])
+    with pytest.raises(ParameterError, match="broadcast"):
+        transform_sir(coeffs, masks[:, :2])
+
+
+def test_trust_region_stability_counts_accepted_steps_within_radius():
+    trajectory = {
+        "mask_change": [[0.01, 0.2], [0.05, None], [0.3, 0.01]],
+        "radius": [[0.05, 0.05], [0.05, 0.05], [0.1, 0.1]],
+        "accepted": [[True, False], [True, False], [True, True]],
+    }
+    # accepted: (0.01<=0.05) yes, (0.05<=0.05) yes, (0.3<=0.1) no, (0.01<=0.1) yes
+    assert trust_region_stability(trajectory) == pytest.approx(3 / 4)
+    with pytest.raises(ParameterError, match="radius"):
+        trust_region_stability({"mask_change": [], "accepted": []})
+    with pytest.warns(MetricWarning, match="no accepted step"):
+        value = trust_region_stability({"mask_change": [0.1], "radius": [0.1], "accepted": [False]})
+    assert np.isnan(value)
