@@ -53,6 +53,10 @@ class ModelInputs:
         log_power: ``(B, Kf)`` ``e = log(power) - median(log(power))``.
         local_energy: ``(B, Kf)`` ``E``, the same of the neighbourhood mean power.
         prior: ``(B, S, Kf)`` fixed prior log-odds.
+        support: ``(S, Kf)`` membership of each coefficient in each source's support,
+            in [0, 1]. The fitted part is scaled by it, so tied parameters (a group's
+            level, a frame's gain) cannot buy a source out of its support; and
+            coefficients that no source claims do not count in the likelihood.
         locks: ``(S, Kf)`` boolean hard locks.
         group: ``(Kf,)`` int64 group of each coefficient.
         n_groups: ``G``.
@@ -67,6 +71,7 @@ class ModelInputs:
     log_power: Tensor
     local_energy: Tensor
     prior: Tensor
+    support: Tensor
     locks: Tensor
     group: Tensor
     n_groups: int
@@ -101,6 +106,8 @@ class VarianceModel:
             "alpha": (len(self.energy_sources), G),
             "detail": (len(self.detail_sources), Kf),
         }
+        # a coefficient counts in the likelihood as far as some source may take it
+        self._coverage = inputs.support.sum(0).clamp(max=1.0)
 
     @property
     def n_params(self) -> int:
@@ -154,7 +161,7 @@ class VarianceModel:
 
     def logits(self, theta: Tensor) -> Tensor:
         """``(B, S, Kf)`` log-variances ``z``."""
-        return self.inputs.prior + self.fitted_part(theta)
+        return self.inputs.prior + self.inputs.support * self.fitted_part(theta)
 
     def masks(self, theta: Tensor) -> Tensor:
         """``(B, S, Kf)`` keep probabilities (before locks)."""
@@ -167,9 +174,9 @@ class VarianceModel:
         """Per-item loss ``(B,)``: mean IS divergence (coefficients dropped at ``dropout.rate``) + penalties."""
         x = self.inputs
         fitted = self.fitted_part(theta)
-        log_v = torch.logsumexp(x.prior + fitted, dim=1)  # (B, Kf)
+        log_v = torch.logsumexp(x.prior + x.support * fitted, dim=1)  # (B, Kf)
         ratio = x.power * torch.exp(-log_v)
-        divergence = ratio - torch.log(ratio + 1e-12) - 1.0
+        divergence = (ratio - torch.log(ratio + 1e-12) - 1.0) * self._coverage
         if dropout is not None:
             generator = torch.Generator(device="cpu").manual_seed(int(dropout.seed))
             draw = torch.rand(divergence.shape, generator=generator, dtype=divergence.dtype).to(divergence.device)

@@ -178,6 +178,8 @@ def run_stage(stage: StageSpec, x: Tensor, sample_rate: float, *, seed: int, rec
         masks = masks.reshape(B, S, Cc if per_channel else 1, *K)
         masked = (coeffs.unsqueeze(1) * masks).reshape(B * S, Cc, *K)
         out = transform.inverse(masked, T).reshape(B, S, C, T)
+        if stage.combiner == "sigmoid":  # targets may over-explain by eps: mixture-consistency projection
+            out = out + (x - out.sum(1)).unsqueeze(1) / S
     summary = result.to_dict()
     steps = summary["trajectory"]
     report = StageReport(
@@ -231,6 +233,7 @@ def stage_inputs(stage: StageSpec, coeffs: Tensor, transform: Transform, length:
     names = list(stage.sources)
     S, Kf = len(names), p.shape[1]
     prior = torch.zeros(B, S, Kf, device=p.device)
+    support = torch.ones(S, Kf, device=p.device)
     locks = torch.zeros(S, Kf, dtype=torch.bool, device=p.device)
     anchor = torch.zeros(B, S, n_groups, device=p.device)
     learned = torch.zeros(S, n_groups, device=p.device)
@@ -256,10 +259,12 @@ def stage_inputs(stage: StageSpec, coeffs: Tensor, transform: Transform, length:
             )
             member = torch.minimum(member, toward)
         prior[:, s] = support_log_odds(member, outside=src.outside)
+        support[s] = member
         if src.harmonic:
             prior[:, s] += _harmonic_prior(src.harmonic, p, freq, K, per_channel, key, recipe_source)
         if src.lock:
             locks[s] = band_membership(freq, [(b.lo, b.hi, b.edge) for b in src.lock], resolution_hz=width) > 0.5
+            support[s] = torch.maximum(support[s], locks[s].float())
         if src.noise_floor:
             anchor[:, s] = noise_log_variance(
                 p,
@@ -281,6 +286,7 @@ def stage_inputs(stage: StageSpec, coeffs: Tensor, transform: Transform, length:
         log_power=log_p,
         local_energy=local,
         prior=prior,
+        support=support,
         locks=locks,
         group=group,
         n_groups=n_groups,

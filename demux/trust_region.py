@@ -744,6 +744,36 @@ class _LbfgsMemory:
         return product
 
 
+def _pull_back(objective, dropout, norm, theta, grad, cg, trial, trial_loss, mask_change, radius, over):
+    """Shorten the steps of the ``over`` items along their ray to the trust-region boundary.
+
+    The diagonal metric only predicts the mask change; where the true change overshot,
+    the step is scaled by ``radius / change`` (masks move about linearly with a short
+    step) instead of being thrown away, which on large problems (hundreds of thousands
+    of per-coefficient parameters) otherwise alternates reject / tiny step and
+    collapses the radius. The quadratic model's decrease is re-evaluated for the
+    shorter step from ``g.p`` and the full step's decrease, at no extra HVP.
+
+    Returns:
+        ``(trial, trial_loss, mask_change, predicted)`` with the ``over`` rows replaced.
+    """
+    scale = torch.where(over, radius / mask_change.clamp_min(1e-30), torch.ones_like(radius))
+    g_dot_p = _rows_dot(grad, cg.step)
+    # model(p) = g.p + p.Hp/2 = -decrease, so p.Hp/2 = -(decrease + g.p)
+    predicted = torch.where(over, -scale * g_dot_p + scale.square() * (cg.decrease + g_dot_p), cg.decrease)
+    step = cg.step * scale[:, None]
+    shorter = theta + step
+    with torch.no_grad():
+        shorter_loss = _call_objective(objective, shorter, dropout).detach()
+    shorter_change = norm.change(step, shorter, active=over)
+    return (
+        torch.where(over[:, None], shorter, trial),
+        torch.where(over, shorter_loss, trial_loss),
+        torch.where(over, shorter_change, mask_change),
+        predicted,
+    )
+
+
 def _check_theta(theta0: Tensor) -> Tensor:
     if not isinstance(theta0, Tensor) or theta0.ndim != 2 or not theta0.is_floating_point():
         shape = tuple(theta0.shape) if isinstance(theta0, Tensor) else type(theta0).__name__
@@ -841,16 +871,22 @@ def minimize(
                 memory = memory.push(cg.step, trial_grad - grad, active)
             loss, trial_loss = loss.detach(), trial_loss.detach()
             mask_change = norm.change(cg.step, trial, active=active)
+            predicted = cg.decrease
+            over = active & (mask_change > config.overshoot * radius)
+            if memory is None and bool(over.any()):
+                trial, trial_loss, mask_change, predicted = _pull_back(
+                    objective, dropout, norm, theta, grad.detach(), cg, trial, trial_loss, mask_change, radius, over
+                )
             rho = trust_ratio(
                 loss - trial_loss,
-                cg.decrease,
+                predicted,
                 mask_change=mask_change,
                 radius=radius,
                 overshoot=config.overshoot,
             )
             rho = torch.where(active, rho, torch.full_like(rho, math.nan))
             accepted = active & (rho > config.eta0)
-            theta = torch.where(accepted[:, None], trial, theta)
+            theta = torch.where(accepted[:, None], trial, theta).detach()
 
             record = TrajectoryStep(
                 step=step,

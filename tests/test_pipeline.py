@@ -191,6 +191,7 @@ def test_model_gradients_flow_in_float64():
         log_power=torch.log(power),
         local_energy=torch.log(power).roll(1, dims=1),
         prior=torch.zeros(B, S, Kf, dtype=torch.float64),
+        support=torch.rand(S, Kf, dtype=torch.float64),
         locks=torch.zeros(S, Kf, dtype=torch.bool),
         group=torch.arange(Kf) % 3,
         n_groups=3,

@@ -19,6 +19,7 @@ from demux.trust_region import (
     dropout_cap,
     minimize,
     steihaug_cg,
+    trust_ratio,
 )
 
 F64 = torch.float64
@@ -319,9 +320,11 @@ def test_each_hessian_mode_reaches_target_masks(hessian, tolerance):
     torch.testing.assert_close(_softmax_masks(result.theta), target, atol=tolerance, rtol=0)
 
 
-def test_a_step_that_moves_the_masks_too_far_is_rejected():
+def test_a_step_that_moves_the_masks_too_far_is_pulled_back_to_the_boundary():
     """Masks ``theta^3`` are flat at 0.01, so the linearised metric allows a unit step
-    whose true mask change is ~20x the radius."""
+    whose true mask change is ~20x the radius; the step is shortened along its ray
+    (not thrown away), and the shortened step's model decrease is exact for this
+    quadratic objective, so rho is 1."""
     cfg = TrustRegionConfig(max_iter=2, dropout_schedule="none")
     result = minimize(
         lambda x, d: ((x - 1) ** 2).sum(1),
@@ -329,12 +332,24 @@ def test_a_step_that_moves_the_masks_too_far_is_rejected():
         masks=lambda x: x**3,
         config=cfg,
     )
-    first, second = result.trajectory
-    assert first.mask_change[0] > cfg.overshoot * first.radius[0]
-    assert first.rho[0] == -math.inf and not first.accepted[0]
-    torch.testing.assert_close(second.radius, cfg.gamma1 * first.radius)
+    first = result.trajectory[0]
+    assert first.accepted[0]
+    assert 0 < first.mask_change[0] <= cfg.overshoot * first.radius[0]
+    torch.testing.assert_close(first.rho, torch.ones(1, dtype=F64))
+    assert result.loss[0] < 4 * (1 - 0.01) ** 2  # it moved toward the minimum
     payload = json.loads(json.dumps(result.to_dict(), allow_nan=False))
-    assert payload["trajectory"][0]["rho"] == [None]
+    assert len(payload["trajectory"]) == 2
+
+
+def test_trust_ratio_rejects_a_mask_change_beyond_the_overshoot():
+    rho = trust_ratio(
+        torch.tensor([1.0, 1.0]),
+        torch.tensor([1.0, 1.0]),
+        mask_change=torch.tensor([0.06, 0.07]),
+        radius=torch.tensor([0.05, 0.05]),
+        overshoot=1.25,
+    )
+    assert rho[0] == 1.0 and rho[1] == -math.inf
 
 
 # --- dropout --------------------------------------------------------------------------
