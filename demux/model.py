@@ -21,6 +21,7 @@ serves STFT grids, packed wavelet levels and spectra.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -108,6 +109,7 @@ class VarianceModel:
         }
         # a coefficient counts in the likelihood as far as some source may take it
         self._coverage = inputs.support.sum(0).clamp(max=1.0)
+        self._spread = _Spread(inputs.group, inputs.frame, inputs.grid_shape)
 
     @property
     def n_params(self) -> int:
@@ -148,16 +150,23 @@ class VarianceModel:
 
     def fitted_part(self, theta: Tensor) -> Tensor:
         """``(B, S, Kf)`` the fitted log-variance (everything but the fixed prior)."""
-        x, p = self.inputs, self.unpack(theta)
-        z = (p["level"] + x.learned[None])[:, :, x.group]
+        x, p, spread = self.inputs, self.unpack(theta), self._spread
+        z = spread.by_group(p["level"] + x.learned[None])
         if self.gain_sources:
-            z = z.index_add(1, _index(self.gain_sources, z), p["gain"][:, :, x.frame])
+            z = z + spread.by_frame(self._all_sources(p["gain"], self.gain_sources))
         if self.energy_sources:
-            energy = p["beta"][:, :, x.group] * x.log_power[:, None, :] + p["alpha"][:, :, x.group] * x.local_energy[:, None, :]
-            z = z.index_add(1, _index(self.energy_sources, z), energy)
+            beta = spread.by_group(self._all_sources(p["beta"], self.energy_sources))
+            alpha = spread.by_group(self._all_sources(p["alpha"], self.energy_sources))
+            z = z + beta * spread.view(x.log_power) + alpha * spread.view(x.local_energy)
+        z = spread.flat(z)
         if self.detail_sources:
-            z = z.index_add(1, _index(self.detail_sources, z), p["detail"])
+            z = z + self._all_sources(p["detail"], self.detail_sources)
         return z
+
+    def _all_sources(self, block: Tensor, sources: list[int]) -> Tensor:
+        """``(B, S, cols)``: ``block`` ``(B, len(sources), cols)`` in its sources' rows, zeros elsewhere."""
+        B, _, cols = block.shape
+        return block.new_zeros(B, len(self.blocks), cols).index_copy(1, _index(sources, block), block)
 
     def logits(self, theta: Tensor) -> Tensor:
         """``(B, S, Kf)`` log-variances ``z``."""
@@ -203,6 +212,44 @@ class VarianceModel:
             if p[name].numel():
                 total = total + _RIDGE * p[name].square().flatten(1).mean(1)
         return total
+
+
+class _Spread:
+    """Spreads per-group and per-frame tables over the flat coefficients.
+
+    On ``(..., rows, cols)`` grids whose group depends on the row only and whose frame
+    on the column only (STFT bins x frames), a table is gathered over rows (or
+    columns) and broadcast: the backward pass is then a sum over an axis, where a
+    gather over all ``Kf`` coefficients needs a scatter-add that costs tens of times
+    more on CPU. Other grids (packed wavelet levels) fall back to that gather.
+    """
+
+    def __init__(self, group: Tensor, frame: Tensor, grid_shape: tuple[int, ...]):
+        self.rows, self.cols = math.prod(grid_shape[:-1]), grid_shape[-1]
+        g, f = group.view(self.rows, self.cols), frame.view(self.rows, self.cols)
+        self.separable = bool((g == g[:, :1]).all()) and bool((f == f[:1, :]).all())
+        self.group, self.frame = (g[:, 0], f[0, :]) if self.separable else (group, frame)
+
+    def by_group(self, table: Tensor) -> Tensor:
+        """``(B, R, G)`` -> ``(B, R, rows, 1)`` (separable) or ``(B, R, Kf)``."""
+        out = table[:, :, self.group]
+        return out.unsqueeze(-1) if self.separable else out
+
+    def by_frame(self, table: Tensor) -> Tensor:
+        """``(B, R, N)`` -> ``(B, R, 1, cols)`` (separable) or ``(B, R, Kf)``."""
+        out = table[:, :, self.frame]
+        return out.unsqueeze(-2) if self.separable else out
+
+    def view(self, values: Tensor) -> Tensor:
+        """``(B, Kf)`` -> ``(B, 1, rows, cols)`` (separable) or ``(B, 1, Kf)``."""
+        return values.view(values.shape[0], 1, self.rows, self.cols) if self.separable else values.unsqueeze(1)
+
+    def flat(self, z: Tensor) -> Tensor:
+        """Back to ``(B, R, Kf)`` from any of the shapes above."""
+        if not self.separable:
+            return z
+        B, R = z.shape[:2]
+        return z.expand(B, R, self.rows, self.cols).reshape(B, R, self.rows * self.cols)
 
 
 def _index(rows: list[int], like: Tensor) -> Tensor:
