@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from demux.chunks import overlap_add, plan_chunks, split
 from demux.errors import ParameterError, RecipeError
 from demux.model import ModelInputs, SourceBlocks, VarianceModel
 from demux.priors.combine import apply_locks
@@ -56,6 +57,7 @@ class StageReport:
     status: list[str]
     trajectory: dict
     energy_share: dict[str, list[float]]  # per source, per item: share of the input's power kept
+    chunks: list[int] | None = None  # which chunks (of a chunked signal, across the batch) the items are
 
 
 @dataclass
@@ -101,6 +103,9 @@ def separate(
     *,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    segment: float | None = None,
+    overlap: float = 0.1,
+    batch_size: int = 4,
     on_stage: Callable[[str], None] | None = None,
 ) -> Separation:
     """Separate ``signal`` into the recipe's sources.
@@ -111,6 +116,11 @@ def separate(
         recipe: a :class:`Recipe` or a built-in name / YAML path.
         seed: fixes every random draw (dropout draws, Hutchinson probes).
         device: where the transforms and the fit run.
+        segment: signals longer than this many seconds are cut into chunks of this
+            length, fitted ``batch_size`` chunks at a time and cross-faded back
+            (``None``: the whole signal at once).
+        overlap: the chunks' overlap, as a fraction of ``segment`` (at most 0.5).
+        batch_size: chunks fitted together as one batch.
         on_stage: called with each stage's name before it runs (progress display).
 
     Returns:
@@ -136,6 +146,20 @@ def separate(
         x = _resample(x, sample_rate, rate)
     check_against_signal(recipe, rate)
 
+    if segment is None:
+        stems, reports = _run_stages(recipe, x, rate, seed=seed, on_stage=on_stage)
+    else:
+        stems, reports = _run_chunked(recipe, x, rate, seed=seed, on_stage=on_stage, segment=segment,
+                                      overlap=overlap, batch_size=batch_size)
+    if rate != sample_rate:
+        stems = {name: _fit_length(_resample(s, rate, sample_rate), length) for name, s in stems.items()}
+    if unbatched:
+        stems = {name: s.squeeze(0) for name, s in stems.items()}
+    return Separation(stems=stems, sample_rate=float(sample_rate), stages=reports)
+
+
+def _run_stages(recipe: Recipe, x: Tensor, rate: float, *, seed: int, on_stage) -> tuple[dict[str, Tensor], list]:
+    """Every stage of ``recipe`` on ``x`` ``(batch, channel, time)``: the final stems and the reports."""
     stems: dict[str, Tensor] = {"mixture": x}
     reports = []
     for index, stage in enumerate(recipe.stages):
@@ -145,11 +169,28 @@ def separate(
         out, report = run_stage(stage, stems.pop(parent), rate, seed=seed + index, recipe_source=recipe.source)
         stems.update(out)
         reports.append(report)
-    if rate != sample_rate:
-        stems = {name: _fit_length(_resample(s, rate, sample_rate), length) for name, s in stems.items()}
-    if unbatched:
-        stems = {name: s.squeeze(0) for name, s in stems.items()}
-    return Separation(stems=stems, sample_rate=float(sample_rate), stages=reports)
+    return stems, reports
+
+
+def _run_chunked(recipe, x: Tensor, rate: float, *, seed: int, on_stage, segment: float, overlap: float, batch_size: int):
+    """:func:`_run_stages` over equal chunks of ``segment`` seconds, ``batch_size`` at a time."""
+    if segment <= 0 or not 0 <= overlap <= 0.5 or batch_size < 1:
+        raise ParameterError(
+            f"segment={segment} s must be > 0, overlap={overlap} in [0, 0.5], batch_size={batch_size} >= 1"
+        )
+    size = max(1, round(segment * rate))
+    plan = plan_chunks(x.shape[-1], size=size, overlap=round(overlap * size))
+    chunks = split(x, plan)
+    pieces: dict[str, list[Tensor]] = {}
+    reports = []
+    for start in range(0, chunks.shape[0], batch_size):
+        stems, batch_reports = _run_stages(recipe, chunks[start : start + batch_size], rate, seed=seed, on_stage=on_stage)
+        for name, stem in stems.items():
+            pieces.setdefault(name, []).append(stem)
+        for report in batch_reports:
+            report.chunks = list(range(start, min(start + batch_size, chunks.shape[0])))
+        reports.extend(batch_reports)
+    return {name: overlap_add(torch.cat(parts), plan) for name, parts in pieces.items()}, reports
 
 
 def run_stage(stage: StageSpec, x: Tensor, sample_rate: float, *, seed: int, recipe_source: str = "<recipe>"):
