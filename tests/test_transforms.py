@@ -33,13 +33,6 @@ ROUND_TRIP_TOL = {torch.float32: 1e-5, torch.float64: 5e-11}
 PARITY_TOL = 1e-10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """These tensors are tiny: thread start-up costs more than it saves on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

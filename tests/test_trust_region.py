@@ -27,13 +27,6 @@ F64 = torch.float64
 SCIPY_RADII = {"radius0": 1.0, "radius_max": 1000.0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These problems are tiny: OpenMP threads only add contention (10 ms softmaxes on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _spd(batch: int, dim: int, *, seed: int, low: float = 0.5, high: float = 4.5) -> torch.Tensor:
