@@ -3,13 +3,18 @@
 One item is ``read -> separate -> write stems -> write demux.json``. Every file is
 written under a temporary name and renamed, and ``demux.json`` is written last:
 it marks the item complete, so a batch that was killed resumes where it stopped
-(complete items are skipped, incomplete ones are redone).
+(complete items are skipped, incomplete ones are redone and their leftover
+temporary files removed). :func:`run` processes items one after another or in
+worker processes (``jobs > 1``); in a batch a failing item does not stop the others.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import platform
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -17,11 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from demux.errors import DemuxError, OutputExistsError
+from demux.errors import DemuxError, InputError, OutputExistsError, ParameterError, RecipeError
 from demux.io import find_inputs, read, safe_join, supported_extensions, write, write_text_atomic
 from demux.recipe import Recipe, to_dict
 
 PROVENANCE = "demux.json"
+FORMATS = ("wav", "flac", "npy")
 
 #: Input extensions a recipe's domain looks for in folders.
 DOMAIN_EXTENSIONS: dict[str, tuple[str, ...]] = {
@@ -31,6 +37,9 @@ DOMAIN_EXTENSIONS: dict[str, tuple[str, ...]] = {
     "radar": (".npy", ".wav"),
     "array": (".wav", ".flac", ".npy"),
 }
+
+# demux.io.atomic_write's temporary names: ".<stem>.<12 hex digits>.tmp<suffix>".
+_TEMPORARY = re.compile(r"^\..*\.[0-9a-f]{12}\.tmp(\.[^.]+)?$")
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,7 @@ class ItemResult:
     message: str = ""
     seconds: float = 0.0
     stems: list[Path] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,10 @@ class Options:
     overwrite: bool = False
     overrides: tuple[str, ...] = ()
 
+    def __post_init__(self):
+        if self.format is not None and self.format not in FORMATS:
+            raise ParameterError(f"--format {self.format!r}: expected one of {', '.join(FORMATS)}")
+
 
 def plan(paths: Iterable[str | Path], recipe: Recipe, out: Path) -> tuple[list[Item], bool]:
     """Expand files, folders (recursive) and globs into items.
@@ -75,8 +89,12 @@ def plan(paths: Iterable[str | Path], recipe: Recipe, out: Path) -> tuple[list[I
 
     Raises:
         InputError: a path is missing, or a folder holds no file the recipe reads.
-        ParameterError: two inputs would write to the same track folder.
+        RecipeError: a source name cannot be a file name.
+        ParameterError: ``out`` is a file, or two inputs would write to the same track folder.
     """
+    check_source_names(recipe)
+    if out.exists() and not out.is_dir():
+        raise ParameterError(f"{out}: is a file, expected an output folder (-o)")
     extensions = DOMAIN_EXTENSIONS.get(recipe.domain, supported_extensions())
     items, seen, batch = [], {}, False
     paths = [Path(p) for p in paths]
@@ -91,9 +109,25 @@ def plan(paths: Iterable[str | Path], recipe: Recipe, out: Path) -> tuple[list[I
             items.extend(_item(found, _stem(found), out) for found in found_files)
     for item in items:
         if item.out_dir in seen:
-            raise DemuxError(f"{item.input}: writes to {item.out_dir}, as {seen[item.out_dir]} does; rename one")
+            raise ParameterError(f"{item.input}: writes to {item.out_dir}, as {seen[item.out_dir]} does; rename one")
         seen[item.out_dir] = item.input
     return items, batch
+
+
+def check_source_names(recipe: Recipe) -> None:
+    """Every stem name must be a plain file name: it becomes ``OUT/<track>/<name>.<ext>``.
+
+    Raises:
+        RecipeError: a name holds a path separator, starts with a dot, or is empty.
+    """
+    for stage in recipe.stages:
+        for name in stage.sources:
+            if not name or name.startswith(".") or Path(name).name != name or "\\" in name or "\0" in name:
+                raise RecipeError(
+                    recipe.source,
+                    f"stages.{stage.name}.sources.{name}",
+                    "a source name becomes a file name: expected no '/', '\\' or leading '.'",
+                )
 
 
 def _stem(path: Path) -> str:
@@ -109,8 +143,105 @@ def _item(path: Path, track: str, out: Path) -> Item:
 
 
 def is_complete(item: Item) -> bool:
-    """An item is complete once its ``demux.json`` exists (it is written last)."""
-    return (item.out_dir / PROVENANCE).is_file()
+    """An item is complete once its ``demux.json`` (written last) and every stem it lists exist."""
+    record = _provenance(item)
+    return record is not None and all((item.out_dir / name).is_file() for name in record.get("stems", {}).values())
+
+
+def _provenance(item: Item) -> dict | None:
+    try:
+        record = json.loads((item.out_dir / PROVENANCE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def run(
+    items: list[Item],
+    recipe: Recipe,
+    options: Options,
+    *,
+    batch: bool,
+    jobs: int = 1,
+    on_stage: Callable[[Item, str], None] | None = None,
+    on_result: Callable[[ItemResult], None] | None = None,
+) -> list[ItemResult]:
+    """Separate ``items``, one after another or in ``jobs`` worker processes.
+
+    Args:
+        batch: resume (skip complete items) and keep going past failing items,
+            which come back as ``failed`` results; otherwise the first error raises.
+        jobs: worker processes (``spawn``), each with ``cpu_count // jobs`` torch
+            threads. Each item is fitted alone, so the stems are those of
+            ``jobs=1`` (bit for bit while torch's reductions do not split by
+            thread count, true of tensors below its 32768-element grain).
+        on_stage: called with an item and a stage name before the stage runs
+            (only with ``jobs=1``: workers do not report stages).
+        on_result: called in this process as each item ends, in completion order.
+
+    Returns:
+        One result per item, in the order of ``items``.
+
+    Raises:
+        ParameterError: ``jobs`` is not a positive integer.
+        DemuxError: only when not ``batch``.
+    """
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ParameterError(f"--jobs {jobs!r}: expected an integer >= 1")
+    report = on_result or (lambda _result: None)
+    if jobs == 1 or len(items) < 2:
+        results = []
+        for item in items:
+            stage = (lambda name, item=item: on_stage(item, name)) if on_stage else None
+            if batch:
+                result = _attempt(item, recipe, options, True, on_stage=stage)
+            else:
+                result = separate_item(item, recipe, options, resume=False, on_stage=stage)
+            report(result)
+            results.append(result)
+        return results
+    return _run_parallel(items, recipe, options, batch=batch, jobs=jobs, report=report)
+
+
+def _run_parallel(items, recipe, options, *, batch, jobs, report) -> list[ItemResult]:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    results: dict[int, ItemResult] = {}
+    context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools and locks
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
+        futures = {pool.submit(_attempt, item, recipe, options, batch): i for i, item in enumerate(items)}
+        try:
+            for future in as_completed(futures):
+                index = futures[future]
+                try:
+                    result = future.result()
+                except BrokenProcessPool:
+                    result = ItemResult(items[index], "failed", f"{items[index].input}: its worker process died")
+                if not batch and result.status == "failed":
+                    raise DemuxError(result.message)
+                report(result)
+                results[index] = result
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return [results[i] for i in range(len(items))]
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _attempt(item: Item, recipe: Recipe, options: Options, resume: bool, on_stage=None) -> ItemResult:
+    """:func:`separate_item`, with a user error returned as a ``failed`` result (it runs in workers too)."""
+    try:
+        return separate_item(item, recipe, options, resume=resume, on_stage=on_stage)
+    except DemuxError as error:
+        return ItemResult(item, "failed", str(error))
 
 
 def separate_item(
@@ -129,29 +260,40 @@ def separate_item(
             unless ``options.overwrite``.
 
     Raises:
-        DemuxError: on bad input; the message names the file.
+        DemuxError: on bad input, recipe or outputs; the message names the file.
     """
-    from demux.pipeline import separate
-
-    start = time.perf_counter()
-    if resume and not options.overwrite and is_complete(item):
-        return ItemResult(item, "skipped", "complete already")
-    signal = read(item.input, rate=options.rate)
-    ext = _output_extension(item.input, options.format)
-    names = recipe.sources()
-    targets = {name: safe_join(item.out_dir, f"{name}.{ext}") for name in names}
-    provenance_path = safe_join(item.out_dir, PROVENANCE)
-    if not options.overwrite and not resume:
-        for path in [*targets.values(), provenance_path]:
-            if path.exists():
-                raise OutputExistsError(path)
     try:
-        separation = separate(signal.data, signal.sample_rate, recipe, seed=options.seed, device=options.device, on_stage=on_stage)
+        return _separate_item(item, recipe, options, resume=resume, on_stage=on_stage)
+    except (InputError, OutputExistsError):
+        raise
     except DemuxError as error:
         if str(error).startswith(str(item.input)):
             raise
         raise DemuxError(f"{item.input}: {error}") from None
-    item.out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _separate_item(item: Item, recipe: Recipe, options: Options, *, resume: bool, on_stage) -> ItemResult:
+    from demux.pipeline import separate
+
+    start = time.perf_counter()
+    ext = _output_extension(item.input, options.format)
+    targets = {name: safe_join(item.out_dir, f"{name}.{ext}") for name in recipe.sources()}
+    provenance_path = safe_join(item.out_dir, PROVENANCE)
+    settings = _settings(recipe, options, targets)
+    if resume and not options.overwrite and is_complete(item):
+        if _same_settings(_provenance(item), settings):
+            return ItemResult(item, "skipped", "complete already")
+        raise DemuxError(f"{item.out_dir}: holds stems made with another recipe, seed or format (pass --overwrite)")
+    if not options.overwrite and not resume:
+        for path in [*targets.values(), provenance_path]:
+            if path.exists():
+                raise OutputExistsError(path)
+    signal = read(item.input, rate=options.rate)
+    if signal.data.shape[-1] < 2:
+        raise InputError(item.input, "holds a single sample per channel: nothing to separate")
+    warnings = [] if np.any(signal.data) else [f"{item.input}: silent (every sample is zero): every stem is silent"]
+    separation = separate(signal.data, signal.sample_rate, recipe, seed=options.seed, device=options.device, on_stage=on_stage)
+    _clear(item.out_dir, provenance_path)
     subtype = signal.subtype if ext == item.input.suffix.lstrip(".").lower() else None
     overwrite = options.overwrite or resume
     for name, path in targets.items():
@@ -161,27 +303,56 @@ def separate_item(
     provenance = {
         "input": str(item.input),
         "track": item.track,
-        "stems": {name: path.name for name, path in targets.items()},
+        **settings,
         "sample_rate": signal.sample_rate,
         "channels": int(signal.data.shape[0]),
         "samples": int(signal.data.shape[1]),
-        "seed": options.seed,
         "device": options.device,
         "overrides": list(options.overrides),
-        "recipe": to_dict(recipe),
         "versions": versions(),
         "seconds": seconds,
+        "warnings": warnings,
         **separation.provenance(),
     }
-    write_text_atomic(provenance_path, json.dumps(provenance, indent=1, default=_json_default), overwrite=overwrite)
-    return ItemResult(item, "done", seconds=seconds, stems=list(targets.values()))
+    text = json.dumps(_finite(provenance), indent=1, default=_json_default)
+    write_text_atomic(provenance_path, text, overwrite=overwrite)
+    return ItemResult(item, "done", seconds=seconds, stems=list(targets.values()), warnings=warnings)
+
+
+def _settings(recipe: Recipe, options: Options, targets: dict[str, Path]) -> dict:
+    """What decides an item's stems: a complete item made with other settings is not skipped."""
+    return {
+        "stems": {name: path.name for name, path in targets.items()},
+        "seed": options.seed,
+        "recipe": to_dict(recipe),
+    }
+
+
+def _same_settings(record: dict | None, settings: dict) -> bool:
+    def comparable(data: dict) -> dict:
+        data = json.loads(json.dumps(_finite(data), default=_json_default))
+        if isinstance(data.get("recipe"), dict):
+            data["recipe"].pop("source", None)  # where the recipe was read from, not what it says
+        return data
+
+    record = record or {}
+    return comparable({key: record.get(key) for key in settings}) == comparable(settings)
+
+
+def _clear(out_dir: Path, provenance_path: Path) -> None:
+    """Before (re)writing an item: drop its completion marker first, then a killed run's temporary files."""
+    provenance_path.unlink(missing_ok=True)
+    if out_dir.is_dir():
+        for path in out_dir.iterdir():
+            if path.is_file() and _TEMPORARY.match(path.name):
+                path.unlink(missing_ok=True)
 
 
 def _output_extension(path: Path, fmt: str | None) -> str:
     if fmt:
         return fmt
     suffix = path.suffix.lstrip(".").lower()
-    return suffix if suffix in ("wav", "flac", "npy") else "wav"
+    return suffix if suffix in FORMATS else "wav"
 
 
 def versions() -> dict[str, str]:
@@ -202,11 +373,20 @@ def versions() -> dict[str, str]:
     }
 
 
+def _finite(value):
+    """NaN -> None, recursively: ``demux.json`` stays JSON that strict parsers read (infinity is kept)."""
+    if isinstance(value, dict):
+        return {key: _finite(v) for key, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    if isinstance(value, float | np.floating) and math.isnan(value):
+        return None
+    return value
+
+
 def _json_default(value):
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, float | np.floating):
         return float(value)
-    if isinstance(value, tuple):
-        return list(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -60,60 +60,67 @@ def separate(
     device: str = typer.Option("cpu", "--device", "-d", help="cpu or cuda."),
     fmt: str = typer.Option(None, "--format", help="wav, flac or npy (default: the input's format, else wav)."),
     rate: float = typer.Option(None, "--rate", help="Sample rate in Hz for inputs that carry none (.npy, raw IQ)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing stems."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Items separated side by side, in worker processes."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing stems (else a batch skips complete items)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors."),
 ) -> None:
-    """Separate files into one stem per source, with provenance in OUT/<track>/demux.json."""
+    """Separate files into one stem per source, with provenance in OUT/<track>/demux.json.
+
+    In a batch (a folder, a glob or several files) complete items are skipped, a
+    failing item does not stop the others, and the exit code is 1 if any failed.
+    """
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
 
-    from demux.batch import Options, plan, separate_item
-    from demux.errors import DemuxError, ParameterError
+    from demux.batch import Options, plan, run
+    from demux.errors import ParameterError
     from demux.recipe import load_recipe
 
-    if fmt is not None and fmt not in ("wav", "flac", "npy"):
-        raise ParameterError(f"--format {fmt!r}: expected wav, flac or npy")
     if device.startswith("cuda"):
         import torch
 
         if not torch.cuda.is_available():
             raise ParameterError(f"--device {device}: no CUDA device is available here")
-    resolved = load_recipe(recipe, set_)
     options = Options(out=out, seed=seed, device=device, format=fmt, rate=rate, overwrite=overwrite, overrides=tuple(set_))
+    resolved = load_recipe(recipe, set_)
     items, batch = plan(inputs, resolved, out)
     console = Console(stderr=True, quiet=quiet)
-    results = []
+    errors = Console(stderr=True) if quiet else console  # with --quiet there is no progress bar to share
     with Progress(
         TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
         TimeElapsedColumn(), console=console, transient=True,
     ) as progress:
         task = progress.add_task("separating", total=len(items))
-        for item in items:
-            def on_stage(name: str, item=item) -> None:
-                progress.update(task, description=f"{item.track}: stage {name}")
 
-            try:
-                results.append(separate_item(item, resolved, options, resume=batch, on_stage=on_stage))
-            except DemuxError as error:
-                if not batch:
-                    raise
-                from demux.batch import ItemResult
+        def on_stage(item, name: str) -> None:
+            progress.update(task, description=f"{item.track}: stage {name}")
 
-                results.append(ItemResult(item, "failed", str(error)))
-                console.print(f"[red]failed[/red] {error}")
+        def on_result(result) -> None:
             progress.advance(task)
-    table = Table(title=f"demux separate --recipe {resolved.name} -> {out}")
+            for warning in result.warnings:
+                console.print(f"[yellow]warning[/yellow] {warning}", highlight=False, soft_wrap=True)
+            if result.status == "failed":
+                errors.print(f"[red]failed[/red] {result.message}", highlight=False, soft_wrap=True)
+
+        results = run(items, resolved, options, batch=batch, jobs=jobs, on_stage=on_stage, on_result=on_result)
+    console.print(_results_table(results, f"demux separate --recipe {resolved.name} -> {out}"))
+    failed = sum(r.status == "failed" for r in results)
+    if failed:
+        typer.echo(f"demux: {failed} of {len(results)} items failed", err=True)
+        raise typer.Exit(1)
+
+
+def _results_table(results, title: str):
+    """One row per item: track, status, seconds, and its stems or why it failed or was skipped."""
+    from rich.table import Table
+
+    table = Table(title=title)
     for column in ("track", "status", "seconds", "stems / message"):
         table.add_column(column)
     for r in results:
         detail = ", ".join(p.name for p in r.stems) if r.stems else r.message
         table.add_row(r.item.track, r.status, f"{r.seconds:.2f}", detail)
-    console.print(table)
-    failed = [r for r in results if r.status == "failed"]
-    if failed:
-        typer.echo(f"demux: {len(failed)} of {len(results)} items failed", err=True)
-        raise typer.Exit(1)
+    return table
 
 
 # --------------------------------------------------------------------------- recipes
@@ -257,6 +264,50 @@ def synth(
         tracks = write_scenarios(scenario, out, n=n, seconds=seconds, snr_db=snr, seed=seed, overwrite=overwrite,
                                  on_item=lambda _track: progress.advance(task))
     typer.echo(f"wrote {len(tracks)} {scenario} item(s) to {out} (index: {out / 'scenario.json'})")
+
+
+# --------------------------------------------------------------------------- bench
+
+
+@app.command()
+@user_errors
+def bench(
+    scenario: list[str] = typer.Option([], "--scenario", "-s", help="Scenario to run (repeatable; default: every scenario)."),
+    quick: bool = typer.Option(False, "--quick", help="2 short items per scenario and fewer audio-stft iterations (minutes, not an hour)."),
+    items: int = typer.Option(None, "--items", min=1, help="Items per scenario (default: 2 with --quick, else 5)."),
+    seed: int = typer.Option(0, "--seed", help="Same seed, same items and the same demux random draws."),
+    ablation: bool = typer.Option(True, "--ablation/--no-ablation", help="Run the dropout-schedule ablation (on multitone)."),
+    engine_speed: bool = typer.Option(True, "--engine-speed/--no-engine-speed", help="Time the BSS-Eval engines (fast vs mir_eval)."),
+    threads: int = typer.Option(1, "--threads", min=1, help="torch threads while timing (1: fastest for demux's small tensors, repeatable)."),
+    out: Path = typer.Option(Path("benchmarks/results"), "--out", "-o", help="Folder of the Markdown tables: OUT/<date>.md, OUT/<date>-quick.md."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace today's table."),
+) -> None:
+    """demux's recipes vs baselines vs the oracle mask on every scenario; one table, written to OUT/<date>.md."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from demux import bench as benchmark
+    from demux.errors import OutputExistsError
+
+    config = benchmark.BenchConfig(scenarios=tuple(scenario), quick=quick, seed=seed, items=items, ablation=ablation,
+                                   engine_speed=engine_speed, threads=threads)
+    target = benchmark.results_path(out, quick=quick)
+    if target.exists() and not overwrite:
+        raise OutputExistsError(target)  # refuse before the (long) run
+    console = Console()
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("bench", total=None)
+
+        def on_progress(done: int, total: int, label: str) -> None:
+            progress.update(task, completed=done, total=total, description=label)
+
+        result = benchmark.run_bench(config, on_progress=on_progress)
+    for table in benchmark.rich_tables(result):
+        console.print(table)
+    for name, reason in result.skipped:
+        console.print(f"not run: {name}: {reason}", style="yellow")
+    console.print(f"wrote {benchmark.write_markdown(result, out, overwrite=overwrite)}")
 
 
 def main() -> None:  # pragma: no cover - console entry point
