@@ -14,7 +14,6 @@ import json
 import math
 import os
 import platform
-import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -22,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from demux.errors import DemuxError, InputError, OutputExistsError, ParameterError, RecipeError
-from demux.io import find_inputs, read, safe_join, supported_extensions, write, write_text_atomic
+from demux.errors import DemuxError, InputError, OutputExistsError, ParameterError
+from demux.io import find_inputs, is_temporary, read, safe_join, supported_extensions, write, write_text_atomic
 from demux.recipe import Recipe, to_dict
 
 PROVENANCE = "demux.json"
@@ -37,10 +36,6 @@ DOMAIN_EXTENSIONS: dict[str, tuple[str, ...]] = {
     "radar": (".npy", ".wav"),
     "array": (".wav", ".flac", ".npy"),
 }
-
-# demux.io.atomic_write's temporary names: ".<stem>.<12 hex digits>.tmp<suffix>".
-_TEMPORARY = re.compile(r"^\..*\.[0-9a-f]{12}\.tmp(\.[^.]+)?$")
-
 
 @dataclass(frozen=True)
 class Item:
@@ -89,10 +84,8 @@ def plan(paths: Iterable[str | Path], recipe: Recipe, out: Path) -> tuple[list[I
 
     Raises:
         InputError: a path is missing, or a folder holds no file the recipe reads.
-        RecipeError: a source name cannot be a file name.
         ParameterError: ``out`` is a file, or two inputs would write to the same track folder.
     """
-    check_source_names(recipe)
     if out.exists() and not out.is_dir():
         raise ParameterError(f"{out}: is a file, expected an output folder (-o)")
     extensions = DOMAIN_EXTENSIONS.get(recipe.domain, supported_extensions())
@@ -112,22 +105,6 @@ def plan(paths: Iterable[str | Path], recipe: Recipe, out: Path) -> tuple[list[I
             raise ParameterError(f"{item.input}: writes to {item.out_dir}, as {seen[item.out_dir]} does; rename one")
         seen[item.out_dir] = item.input
     return items, batch
-
-
-def check_source_names(recipe: Recipe) -> None:
-    """Every stem name must be a plain file name: it becomes ``OUT/<track>/<name>.<ext>``.
-
-    Raises:
-        RecipeError: a name holds a path separator, starts with a dot, or is empty.
-    """
-    for stage in recipe.stages:
-        for name in stage.sources:
-            if not name or name.startswith(".") or Path(name).name != name or "\\" in name or "\0" in name:
-                raise RecipeError(
-                    recipe.source,
-                    f"stages.{stage.name}.sources.{name}",
-                    "a source name becomes a file name: expected no '/', '\\' or leading '.'",
-                )
 
 
 def _stem(path: Path) -> str:
@@ -344,7 +321,7 @@ def _clear(out_dir: Path, provenance_path: Path) -> None:
     provenance_path.unlink(missing_ok=True)
     if out_dir.is_dir():
         for path in out_dir.iterdir():
-            if path.is_file() and _TEMPORARY.match(path.name):
+            if path.is_file() and is_temporary(path):
                 path.unlink(missing_ok=True)
 
 

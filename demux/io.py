@@ -30,6 +30,7 @@ import glob
 import json
 import math
 import os
+import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -174,9 +175,34 @@ def _read_raw_iq(path: Path, fmt: _IQFormat, *, channels: int = 1) -> np.ndarray
     return _decode_iq(path, np.fromfile(path, dtype=fmt.dtype), fmt, channels=channels)
 
 
+def _check_wav_size(path: Path) -> None:
+    """Refuse a WAV whose ``data`` chunk is shorter than its header declares.
+
+    libsndfile reads a truncated WAV silently (whatever frames are there), which
+    would separate half a recording without a word.
+    """
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return  # not plain RIFF/WAVE (RF64, corrupt): libsndfile reports it
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return
+            size = int.from_bytes(chunk[4:], "little")
+            if chunk[:4] == b"data":
+                available = path.stat().st_size - f.tell()
+                if size not in (0, 0xFFFFFFFF) and available < size:  # 0 / -1: streamed, size unknown
+                    raise InputError(path, f"truncated WAV: the header declares {size} bytes of samples, {available} are there")
+                return
+            f.seek(size + (size & 1), os.SEEK_CUR)
+
+
 def _read_soundfile(path: Path, rate: float | None) -> Signal:
     import soundfile as sf
 
+    if path.suffix.lower() == ".wav":
+        _check_wav_size(path)
     try:
         with sf.SoundFile(path) as audio:
             subtype, samplerate = audio.subtype, audio.samplerate
@@ -188,6 +214,12 @@ def _read_soundfile(path: Path, rate: float | None) -> Signal:
 
 
 def _read_npy(path: Path, rate: float | None) -> Signal:
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic.startswith(b"PK\x03\x04"):
+        raise InputError(path, "is a .npz archive, not a single .npy array")
+    if magic != b"\x93NUMPY":
+        raise InputError(path, "not a .npy file (no NumPy header): is it another format with a .npy name?")
     try:
         array = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:
@@ -380,6 +412,8 @@ def atomic_write(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]
         os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     except PermissionError:
         raise InputError(path.parent, "permission denied (cannot create files in this folder)") from None
+    except (FileExistsError, NotADirectoryError):
+        raise InputError(path.parent, "a file is in the way of this output folder") from None
     try:
         yield temp
         with open(temp, "rb") as written:
@@ -388,6 +422,14 @@ def atomic_write(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
+
+
+_TEMPORARY = re.compile(r"^\..*\.[0-9a-f]{12}\.tmp(\.[^.]+)?$")
+
+
+def is_temporary(path: str | Path) -> bool:
+    """Whether ``path`` is named like one of :func:`atomic_write`'s temporary files."""
+    return bool(_TEMPORARY.match(Path(path).name))
 
 
 def write_text_atomic(path: str | Path, text: str, *, overwrite: bool = False) -> Path:

@@ -214,7 +214,8 @@ def run_stage(stage: StageSpec, x: Tensor, sample_rate: float, *, seed: int, rec
     result = minimize(model.objective, model.initial(), masks=lambda th: model.masks(th).flatten(1), config=config)
     with torch.no_grad():
         masks = apply_locks(model.masks(result.theta), inputs.locks)  # (B, S, Kf)
-        share = (masks * inputs.power[:, None]).mean(2) / inputs.power.mean(1, keepdim=True)
+        # a silent input has no energy to share: report zeros, not 0/0
+        share = (masks * inputs.power[:, None]).mean(2) / inputs.power.mean(1, keepdim=True).clamp_min(1e-30)
         S = len(names)
         masks = masks.reshape(B, S, Cc if per_channel else 1, *K)
         masked = (coeffs.unsqueeze(1) * masks).reshape(B * S, Cc, *K)

@@ -412,6 +412,12 @@ def _check_structure(recipe: Recipe) -> None:
                 recipe.source, f"{path}.split", f"no earlier stem named '{stage.split}'; stems so far: {', '.join(seen)}"
             )
         for name in stage.sources:
+            if not name or name.startswith(".") or any(c in name for c in "/\\\0"):
+                raise RecipeError(
+                    recipe.source,
+                    f"{path}.sources.{name}",
+                    "a source name becomes a file name: expected no '/', '\\' or leading '.'",
+                )
             if name in seen:
                 raise RecipeError(recipe.source, f"{path}.sources.{name}", f"stem name already used in stage {seen[name]}")
             seen[name] = stage.name

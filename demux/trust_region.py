@@ -719,7 +719,7 @@ class _LbfgsMemory:
         """
         weight = self.valid.to(self.s.dtype)
         ys = _safe(torch.where(self.valid, (self.y * self.s).sum(-1), torch.zeros_like(weight)))
-        newest_y, newest_s = self.y[:, -1], self.s[:, -1]
+        newest_y = self.y[:, -1]
         sigma = torch.where(self.valid[:, -1], _rows_dot(newest_y, newest_y) / ys[:, -1], torch.ones_like(ys[:, -1]))
         a_list: list[Tensor] = []
         as_list: list[Tensor] = []

@@ -5,6 +5,8 @@ Signals are short (1-2 s at 8 kHz, ``tones-fft``; 10 s at 360 Hz, ``ecg-wavelet`
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 import signal
@@ -200,17 +202,15 @@ def test_same_seed_gives_the_same_stems_bit_for_bit(tmp_path, recipe, rate, data
 
 def test_source_name_escaping_the_track_folder_is_refused_by_safe_join(tmp_path):
     (path,) = write_mixtures(tmp_path / "in", 1)
-    recipe = parse_recipe(
-        {
-            "name": "evil",
-            "stages": {"split": {"transform": {"type": "fft"}, "sources": {"ok": {}, "../evil": {}}}},
-        },
-        source="<test>",
-    )
-    out = tmp_path / "OUT"
+    raw = {"name": "evil", "stages": {"split": {"transform": {"type": "fft"}, "sources": {"ok": {}, "../evil": {}}}}}
     with pytest.raises(DemuxError, match=r"sources\.\.\./evil: a source name becomes a file name"):
-        plan([path], recipe, out)  # checked once for the whole batch ...
-    item = plan([path], load_recipe("tones-fft"), out)[0][0]
+        parse_recipe(raw, source="<test>")  # refused when the recipe is read ...
+    good = load_recipe("tones-fft")
+    stage = good.stages[0]
+    sources = {"../evil" if name == "low" else name: src for name, src in stage.sources.items()}
+    recipe = dataclasses.replace(good, stages=(dataclasses.replace(stage, sources=sources),))
+    out = tmp_path / "OUT"
+    item = plan([path], good, out)[0][0]
     with pytest.raises(DemuxError, match=r"item0\.wav: .*'\.\./evil\.wav' escapes the output folder"):
-        separate_item(item, recipe, Options(out=out), resume=False)  # ... and again for every file
+        separate_item(item, recipe, Options(out=out), resume=False)  # ... and by safe_join for every file
     assert not out.exists() and not (tmp_path / "evil.wav").exists()

@@ -27,7 +27,7 @@ from demux.transforms.dct import dct, idct
 from demux.transforms.mel import mel_filterbank
 from demux.transforms.spatial import steering_vectors
 from demux.transforms.stft import make_window, stft
-from demux.transforms.wavelet import MODES, filter_bank, level_bands, level_groups, wavedec
+from demux.transforms.wavelet import MODES, filter_bank, level_bands, wavedec
 
 ROUND_TRIP_TOL = {torch.float32: 1e-5, torch.float64: 5e-11}
 PARITY_TOL = 1e-10
