@@ -6,7 +6,6 @@ Signals are short (1-2 s at 8 kHz, ``tones-fft``; 10 s at 360 Hz, ``ecg-wavelet`
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import math
 import signal
