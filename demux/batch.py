@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from demux.errors import DemuxError, InputError, OutputExistsError, ParameterError
-from demux.io import find_inputs, is_temporary, read, safe_join, supported_extensions, write, write_text_atomic
+from demux.io import atomic_write, find_inputs, is_temporary, read, safe_join, supported_extensions, write, write_text_atomic
 from demux.recipe import Recipe, to_dict
 
 PROVENANCE = "demux.json"
+MASKS = "masks.npz"
 FORMATS = ("wav", "flac", "npy")
 
 #: Input extensions a recipe's domain looks for in folders.
@@ -276,6 +277,7 @@ def _separate_item(item: Item, recipe: Recipe, options: Options, *, resume: bool
     for name, path in targets.items():
         data = separation.stems[name].detach().cpu().numpy().astype(np.float32)
         write(path, data, signal.sample_rate, subtype=subtype, overwrite=overwrite)
+    _write_masks(separation, safe_join(item.out_dir, MASKS), overwrite=overwrite)
     seconds = time.perf_counter() - start
     provenance = {
         "input": str(item.input),
@@ -294,6 +296,21 @@ def _separate_item(item: Item, recipe: Recipe, options: Options, *, resume: bool
     text = json.dumps(_finite(provenance), indent=1, default=_json_default)
     write_text_atomic(provenance_path, text, overwrite=overwrite)
     return ItemResult(item, "done", seconds=seconds, stems=list(targets.values()), warnings=warnings)
+
+
+def _write_masks(separation, path: Path, *, overwrite: bool) -> None:
+    """The first stage's masks on a (freq[, frame]) grid as ``masks.npz`` (read by ``evaluate --plot``)."""
+    stage = next((s for s in separation.stages if s.masks is not None), None)
+    if stage is None:
+        return
+    with atomic_write(path, overwrite=overwrite) as temp:
+        np.savez_compressed(
+            temp,
+            masks=stage.masks.masks[0].numpy().astype(np.float16),  # the figure needs no more precision
+            freqs_hz=stage.masks.freqs_hz.numpy(),
+            times_s=stage.masks.times_s.numpy(),
+            names=np.array(stage.masks.names),
+        )
 
 
 def _settings(recipe: Recipe, options: Options, targets: dict[str, Path]) -> dict:

@@ -43,6 +43,23 @@ from demux.trust_region import minimize
 _LOCK_OTHERS = -30.0  # prior log-odds of the other sources inside a locked band
 
 
+@dataclass(frozen=True)
+class StageMasks:
+    """A stage's keep masks on a (frequency[, frame]) grid, for the "dropout spectrum" figure.
+
+    Attributes:
+        names: the ``S`` source names.
+        masks: ``(batch, S, F, N)`` keep probabilities (``N = 1`` without a time axis).
+        freqs_hz: ``(F,)`` bin frequencies, Hz.
+        times_s: ``(N,)`` frame times, seconds.
+    """
+
+    names: list[str]
+    masks: Tensor
+    freqs_hz: Tensor
+    times_s: Tensor
+
+
 @dataclass
 class StageReport:
     """What one stage did, for ``demux.json``."""
@@ -58,6 +75,7 @@ class StageReport:
     trajectory: dict
     energy_share: dict[str, list[float]]  # per source, per item: share of the input's power kept
     chunks: list[int] | None = None  # which chunks (of a chunked signal, across the batch) the items are
+    masks: StageMasks | None = field(default=None, repr=False)  # not in demux.json: written as masks.npz
 
 
 @dataclass
@@ -76,7 +94,9 @@ class Separation:
     stages: list[StageReport] = field(default_factory=list)
 
     def provenance(self) -> dict:
-        return {"sample_rate": self.sample_rate, "stages": [dataclasses.asdict(s) for s in self.stages]}
+        """The stage reports as plain data (masks left out: they go to ``masks.npz``)."""
+        stages = [{f.name: getattr(s, f.name) for f in dataclasses.fields(s) if f.name != "masks"} for s in self.stages]
+        return {"sample_rate": self.sample_rate, "stages": stages}
 
 
 class Separator:
@@ -235,8 +255,19 @@ def run_stage(stage: StageSpec, x: Tensor, sample_rate: float, *, seed: int, rec
         status=summary["status"],
         trajectory={key: [step[key] for step in steps] for key in (steps[0] if steps else {})},
         energy_share={name: [float(v) for v in share[:, s]] for s, name in enumerate(names)},
+        masks=None if per_channel or len(K) > 2 else _stage_masks(names, masks, transform.grid(T)),
     )
     return {name: out[:, s] for s, name in enumerate(names)}, report
+
+
+def _stage_masks(names: list[str], masks: Tensor, grid) -> StageMasks:
+    """Masks ``(B, S, 1, *K)`` on a (freq[, frame]) grid as a :class:`StageMasks`."""
+    B, S = masks.shape[:2]
+    F = masks.shape[3]
+    N = masks.shape[4] if masks.dim() == 5 else 1
+    freqs = torch.broadcast_to(grid.freq_hz, (1, *masks.shape[3:])).reshape(F, N)[:, 0]
+    times = torch.broadcast_to(grid.time_s, (1, *masks.shape[3:])).reshape(F, N)[0, :]
+    return StageMasks(names, masks.reshape(B, S, F, N).detach().cpu(), freqs.cpu(), times.cpu())
 
 
 def stage_inputs(stage: StageSpec, coeffs: Tensor, transform: Transform, length: int, recipe_source: str):

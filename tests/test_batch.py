@@ -99,7 +99,7 @@ def test_incomplete_item_is_redone_and_its_stale_temporaries_removed(tmp_path):
     assert not is_complete(items[0])
     (result,) = run(items, recipe, Options(out=out), batch=True)
     assert result.status == "done"
-    assert sorted(p.name for p in track.iterdir()) == ["demux.json", "high.wav", "low.wav", "mid.wav"]
+    assert sorted(p.name for p in track.iterdir()) == ["demux.json", "high.wav", "low.wav", "masks.npz", "mid.wav"]
     assert sf.info(track / "low.wav").frames == FS
 
 

@@ -299,7 +299,7 @@ def test_existing_outputs_of_a_single_file_are_refused_and_left_alone(tmp_path):
     path, out = write_wav(tmp_path / "mix.wav"), tmp_path / "OUT"
     assert separate(path, "-r", "tones-fft", "-o", out).exit_code == 0
     before = files_under(out)
-    assert {"mix/low.wav", "mix/mid.wav", "mix/high.wav", "mix/demux.json"} == set(before)
+    assert {"mix/low.wav", "mix/mid.wav", "mix/high.wav", "mix/demux.json", "mix/masks.npz"} == set(before)
     result = separate(path, "-r", "tones-fft", "-o", out, "--seed", "4")
     assert result.exit_code == 2
     line = result.stderr.strip()
