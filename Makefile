@@ -17,7 +17,9 @@ $(VENV)/.installed: pyproject.toml
 
 demo: $(VENV)/.installed
 	$(DEMUX) separate data/demo_mix.wav --recipe audio-stft -o separated/ --overwrite
-	@echo "stems written under separated/demo_mix/"
+	@echo "stems written under separated/demo_mix/ (with demux.json: recipe, fit, trajectory)"
+	$(DEMUX) evaluate --reference data/demo --estimate separated/ --mixture data/demo_mix.wav \
+		--combine speech=pitched+tonal+percussive
 
 test: $(VENV)/.installed
 	$(PY) -m pytest

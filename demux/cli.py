@@ -192,6 +192,9 @@ def evaluate(
     json_out: Path = typer.Option(None, "--json", help="Write the per-track JSON report here."),
     csv_out: Path = typer.Option(None, "--csv", help="Write one CSV row per track x source here."),
     plot: Path = typer.Option(None, "--plot", help="Write figures (SDR bars, trust-region trajectories, masks) into this folder."),
+    combine: list[str] = typer.Option(
+        [], "--combine", help="Score the sum of estimate stems against one reference: speech=pitched+tonal."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing report files."),
 ) -> None:
     """Score estimated stems against references (SDR/SIR/SAR, SI-SDR, and the mixture as the floor)."""
@@ -199,14 +202,20 @@ def evaluate(
     from rich.table import Table
 
     from demux import report as reports
-    from demux.errors import OutputExistsError
+    from demux.errors import OutputExistsError, ParameterError
     from demux.evaluate import evaluate as run_evaluation
 
     outputs = [p for p in (report_md, json_out, csv_out) if p is not None]
     for path in outputs:
         if path.exists() and not overwrite:
             raise OutputExistsError(path)  # refuse before the (possibly long) scoring
-    result = run_evaluation(reference, estimate, engine=engine, mixture=mixture, rate=rate)
+    groups = {}
+    for item in combine:
+        name, _, parts = item.partition("=")
+        if not name or not parts:
+            raise ParameterError(f"--combine {item!r}: expected REFERENCE=STEM+STEM...")
+        groups[name.strip()] = [part.strip() for part in parts.split("+")]
+    result = run_evaluation(reference, estimate, engine=engine, mixture=mixture, rate=rate, combine=groups)
     console = Console()
     for track in result.tracks:
         table = Table(title=f"{track} (dB)")

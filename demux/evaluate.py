@@ -15,6 +15,7 @@ real and imaginary parts as two channels.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -232,13 +233,16 @@ def _evaluate_track(
     mixture: Path | None,
     rate: float | None,
     strict: bool,
+    combine: dict[str, list[str]],
     notes: list[str],
 ) -> tuple[list[ScoreRow], float]:
-    missing = [name for name in ref.stems if name not in est.stems]
+    parts = {name: combine.get(name, [name]) for name in ref.stems}
+    missing = [part for name in ref.stems for part in parts[name] if part not in est.stems]
     if missing:
         folder = next(iter(est.stems.values())).parent if est.stems else est.name
         raise InputError(folder, f"track {ref.name!r}: missing estimate stem(s) {', '.join(missing)}")
-    extra = [name for name in est.stems if name not in ref.stems]
+    used = {part for name in ref.stems for part in parts[name]}
+    extra = [name for name in est.stems if name not in used]
     if extra and strict:
         raise InputError(est.stems[extra[0]], f"track {ref.name!r}: no reference stem named {extra[0]!r} (strict)")
     if extra:
@@ -249,8 +253,11 @@ def _evaluate_track(
         _check_alike(other, refs[0])
     ests = []
     for name, like in zip(names, refs):
-        ests.append(_load(est.stems[name], rate))
-        _check_alike(ests[-1], like)
+        loaded = []
+        for part in parts[name]:  # several estimate stems may together estimate one reference
+            loaded.append(_load(est.stems[part], rate))
+            _check_alike(loaded[-1], like)
+        ests.append(dataclasses.replace(loaded[0], data=sum(stem.data for stem in loaded)))
     ref_data = torch.from_numpy(np.stack([r.data for r in refs]))
     est_data = torch.from_numpy(np.stack([e.data for e in ests]))
 
@@ -282,6 +289,7 @@ def evaluate(
     mixture: Path | None = None,
     rate: float | None = None,
     strict: bool = False,
+    combine: dict[str, list[str]] | None = None,
 ) -> EvaluationReport:
     """Score estimated stems against references, per track and source.
 
@@ -296,6 +304,9 @@ def evaluate(
             reference track's own ``mixture.<ext>`` when present.
         rate: sample rate in Hz for ``.npy`` stems, which do not store one.
         strict: refuse extra estimate stems instead of ignoring them.
+        combine: reference name -> the estimate stems whose sum estimates it
+            (``{"speech": ["pitched", "tonal"]}``), for recipes whose stems are
+            finer than the references.
 
     Returns:
         An :class:`EvaluationReport` with columns ``sdr, sir, sar, si_sdr`` and, when
@@ -335,7 +346,8 @@ def evaluate(
     folders: dict[str, Path] = {}
     for ref, est in pairs:
         track_rows, rates[ref.name] = _evaluate_track(
-            ref, est, engine=engine, mixture=mixtures[ref.name], rate=rate, strict=strict, notes=notes
+            ref, est, engine=engine, mixture=mixtures[ref.name], rate=rate, strict=strict, combine=combine or {},
+            notes=notes,
         )
         rows.extend(track_rows)
         folders[ref.name] = next(iter(est.stems.values())).parent

@@ -198,3 +198,27 @@ def test_cli_writes_reports_and_exits_2_on_a_missing_stem(tmp_path):
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("demux: error:") and "bass" in lines[0]
+
+
+def test_combine_scores_the_sum_of_several_estimate_stems(tmp_path):
+    made = _make_tracks(tmp_path, names=("song1",), residual=False)
+    refs, ests = made["song1"]
+    # split the voice estimate into two finer stems, as a multi-stage recipe would
+    _write(tmp_path / "est" / "song1" / "voice_a.wav", 0.3 * ests[1])
+    _write(tmp_path / "est" / "song1" / "voice_b.wav", 0.7 * ests[1])
+    (tmp_path / "est" / "song1" / f"{SOURCES[1]}.wav").unlink()
+    with pytest.raises(InputError, match=f"missing estimate stem\\(s\\) {SOURCES[1]}"):
+        evaluate(tmp_path / "refs", tmp_path / "est")
+    report = evaluate(tmp_path / "refs", tmp_path / "est", combine={SOURCES[1]: ["voice_a", "voice_b"]})
+    row = next(r for r in report.rows if r.source == SOURCES[1])
+    assert row.values["si_sdr"] == pytest.approx(_naive_si_sdr(ests[1], refs[1]), abs=1e-3)
+    result = CliRunner().invoke(
+        app,
+        ["evaluate", "--reference", str(tmp_path / "refs"), "--estimate", str(tmp_path / "est"),
+         "--combine", f"{SOURCES[1]}=voice_a+voice_b"],
+    )
+    assert result.exit_code == 0, result.output
+    bad = CliRunner().invoke(
+        app, ["evaluate", "--reference", str(tmp_path / "refs"), "--estimate", str(tmp_path / "est"), "--combine", "voice"]
+    )
+    assert bad.exit_code == 2 and "expected REFERENCE=STEM+STEM" in bad.stderr
