@@ -716,7 +716,7 @@ def markdown(result: BenchResult) -> str:
         parts += ["", "## Dropout-schedule ablation", "", *result.ablation_notes, "",
                   _markdown_table(ABLATION_COLUMNS, ablation_rows(result))]
     if result.engine_speed:
-        parts += ["", "## BSS-Eval engine speed", "", "`benchmarks/bench_metrics.py`: both engines on the same "
+        parts += ["", "## BSS-Eval engine speed", "", "`benchmarks/bench_metrics.py`: the engines on the same "
                   "signals, permutation search on.", "", _markdown_table(ENGINE_COLUMNS, engine_rows(result))]
     if result.skipped or result.notes:
         parts += ["", "## Not run", "", *(f"- {name}: {reason}" for name, reason in result.skipped),

@@ -61,6 +61,14 @@ def separate(
     fmt: str = typer.Option(None, "--format", help="wav, flac or npy (default: the input's format, else wav)."),
     rate: float = typer.Option(None, "--rate", help="Sample rate in Hz for inputs that carry none (.npy, raw IQ)."),
     jobs: int = typer.Option(1, "--jobs", "-j", help="Items separated side by side, in worker processes."),
+    segment: float = typer.Option(
+        30.0, "--segment", help="Cut inputs longer than this many seconds into chunks, cross-faded back; 0: whole file."
+    ),
+    overlap: float = typer.Option(0.1, "--overlap", help="The chunks' overlap, a fraction of --segment (0 to 0.5)."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Chunks of one input fitted together as one batch."),
+    scheduler: str = typer.Option(
+        None, "--scheduler", help="Dask scheduler (tcp://HOST:PORT) to run each item on, or 'local' for --jobs local workers."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing stems (else a batch skips complete items)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors."),
 ) -> None:
@@ -68,6 +76,8 @@ def separate(
 
     In a batch (a folder, a glob or several files) complete items are skipped, a
     failing item does not stop the others, and the exit code is 1 if any failed.
+    With --scheduler the items run on a Dask cluster (pip install 'demux[distributed]'),
+    whose workers must see the inputs and OUT at the same paths.
     """
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -81,7 +91,8 @@ def separate(
 
         if not torch.cuda.is_available():
             raise ParameterError(f"--device {device}: no CUDA device is available here")
-    options = Options(out=out, seed=seed, device=device, format=fmt, rate=rate, overwrite=overwrite, overrides=tuple(set_))
+    options = Options(out=out, seed=seed, device=device, format=fmt, rate=rate, overwrite=overwrite, overrides=tuple(set_),
+                      segment=segment, overlap=overlap, batch_size=batch_size)
     resolved = load_recipe(recipe, set_)
     items, batch = plan(inputs, resolved, out)
     console = Console(stderr=True, quiet=quiet)
@@ -102,7 +113,8 @@ def separate(
             if result.status == "failed":
                 errors.print(f"[red]failed[/red] {result.message}", highlight=False, soft_wrap=True)
 
-        results = run(items, resolved, options, batch=batch, jobs=jobs, on_stage=on_stage, on_result=on_result)
+        results = run(items, resolved, options, batch=batch, jobs=jobs, scheduler=scheduler, on_stage=on_stage,
+                      on_result=on_result)
     console.print(_results_table(results, f"demux separate --recipe {resolved.name} -> {out}"))
     failed = sum(r.status == "failed" for r in results)
     if failed:
@@ -185,7 +197,7 @@ def recipes_validate(files: list[str] = typer.Argument(..., help="Recipe files o
 def evaluate(
     reference: Path = typer.Option(..., "--reference", help="Reference stems: <track>/<source>.<ext>, a track folder or a file."),
     estimate: Path = typer.Option(..., "--estimate", help="Estimated stems, laid out like the reference."),
-    engine: str = typer.Option("fast", "--engine", help="BSS-Eval engine: fast (fast_bss_eval) or mir_eval."),
+    engine: str = typer.Option("fast", "--engine", help="BSS-Eval engine: fast (demux's batched torch engine) or mir_eval (the reference)."),
     mixture: Path = typer.Option(None, "--mixture", help="Mixture file or folder (default: <track>/mixture.<ext> in the reference)."),
     rate: float = typer.Option(None, "--rate", help="Sample rate in Hz for .npy stems."),
     report_md: Path = typer.Option(None, "--report", help="Write a Markdown report here."),
@@ -317,6 +329,64 @@ def bench(
     for name, reason in result.skipped:
         console.print(f"not run: {name}: {reason}", style="yellow")
     console.print(f"wrote {benchmark.write_markdown(result, out, overwrite=overwrite)}")
+
+
+# --------------------------------------------------------------------------- train
+
+
+@app.command()
+@user_errors
+def train(
+    recipe: str = typer.Option(..., "--recipe", "-r", help="Built-in recipe name or a YAML file."),
+    data: Path = typer.Option(..., "--data", help="Training data: <track>/mixture.<ext> and <track>/<source>.<ext>."),
+    out: Path = typer.Option(..., "--out", "-o", help="Parameters file (safetensors) written at every validation improvement."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe key: stage.sources.voice.band.lo=80."),
+    epochs: int = typer.Option(20, "--epochs", min=1, help="Trust-region steps at most (one minibatch each)."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Training tracks per step at most."),
+    val_fraction: float = typer.Option(0.2, "--val-fraction", help="Share of tracks held out for validation (0: validate on the training tracks)."),
+    patience: int = typer.Option(5, "--patience", min=1, help="Stop after this many epochs without a better validation score."),
+    seed: int = typer.Option(0, "--seed", help="Fixes the split, the minibatches, dropout and the inner fits."),
+    device: str = typer.Option("cpu", "--device", "-d", help="cpu or cuda."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the parameters file OUT."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT instead of refusing it."),
+) -> None:
+    """Learn a recipe's per-group offsets from mixtures with references (use them with `separate --params`)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from demux.errors import ParameterError
+    from demux.recipe import load_recipe
+    from demux.train import TrainConfig
+    from demux.train import train as run_training
+
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ParameterError(f"--device {device}: no CUDA device is available here")
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, val_fraction=val_fraction, patience=patience,
+                         seed=seed, device=device)
+    resolved = load_recipe(recipe, set_)
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TextColumn("loss {task.fields[loss]} radius {task.fields[radius]} p_drop {task.fields[p_drop]} "
+                   "val {task.fields[val]} dB"),
+        TimeElapsedColumn(), console=console, transient=True,
+    ) as progress:
+        task = progress.add_task(f"train {resolved.name}", total=epochs, loss="-", radius="-", p_drop="-", val="-")
+
+        def on_epoch(report) -> None:
+            progress.update(task, advance=1, loss=f"{report.loss:.2f}", radius=f"{report.radius:.3g}",
+                            p_drop=f"{report.dropout:.3f}", val=f"{report.val_si_sdr:.2f}")
+
+        result = run_training(resolved, data, out, config=config, resume=resume, overwrite=overwrite, on_epoch=on_epoch)
+    for note in result.notes:
+        console.print(f"note: {note}", style="yellow", highlight=False)
+    typer.echo(
+        f"{result.stopped}; validation SI-SDR {result.initial_val_si_sdr:.2f} -> {result.val_si_sdr:.2f} dB "
+        f"(best at epoch {result.best_epoch} of {result.epochs}); wrote {out}"
+    )
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -298,7 +298,7 @@ def evaluate(
             folder of track folders (``<track>/<source>.<ext>``).
         estimate: the same layout for the estimates; extra stems (``residual``...)
             and extra tracks are ignored and listed in ``notes``.
-        engine: BSS-Eval engine, ``"fast"`` (fast_bss_eval) or ``"mir_eval"``.
+        engine: BSS-Eval engine, ``"fast"`` (demux's batched torch engine) or ``"mir_eval"``.
         mixture: the mixture, a file (one track) or a folder laid out like
             ``reference`` holding ``<track>/mixture.<ext>``; by default each
             reference track's own ``mixture.<ext>`` when present.

@@ -1,5 +1,6 @@
-"""Metrics: BSS-Eval parity with mir_eval (fixtures and random cases), SI-SDR against a
-naive formula, silence handling, and the transform-domain diagnostics."""
+"""Metrics: BSS-Eval parity with mir_eval (fixtures and random cases), the fast engine's
+building blocks (blocked correlations, singular systems, permutation search, CUDA),
+SI-SDR against a naive formula, silence handling, and the transform-domain diagnostics."""
 
 from __future__ import annotations
 
@@ -11,11 +12,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from scipy.optimize import linear_sum_assignment
 
+from demux import metrics
 from demux.errors import ParameterError
 from demux.metrics import (
+    FILTER_LENGTH,
     MetricWarning,
+    best_permutation,
     bss_eval,
+    lagged_correlation,
     leakage,
     si_sdr,
     snr,
@@ -97,18 +103,30 @@ def test_mir_eval_engine_matches_fixtures_sources_and_images(shared_data):
     _assert_close(result.sar, images["Source to Artifact"], "images sar")
 
 
-def _random_case(seed: int, S: int, T: int = 4096):
+def _random_case(seed: int, S: int, T: int = 4096, echo: int = 0):
+    """White-noise references (with ``echo``, the last one is the first delayed by that
+    many samples), estimates that mix them with a little noise, shuffled; and the shuffle."""
     generator = torch.Generator().manual_seed(seed)
     ref = torch.randn(S, T, generator=generator, dtype=torch.float64)
+    if echo:
+        ref[0, -echo:] = 0.0  # so that the delayed copy loses nothing
+        ref[-1] = ref[0].roll(echo)
     mixing = torch.eye(S, dtype=torch.float64) + 0.3 * torch.rand(S, S, generator=generator, dtype=torch.float64)
     est = mixing @ ref + 0.1 * torch.randn(S, T, generator=generator, dtype=torch.float64)
     order = torch.randperm(S, generator=generator)
     return ref, est[order], order
 
 
-@pytest.mark.parametrize("seed, S", [(0, 2), (1, 3)])
-def test_random_permuted_estimates_match_mir_eval(seed, S):
-    ref, est, order = _random_case(seed, S)
+@pytest.mark.parametrize("seed, S, echo", [(0, 2, 0), (1, 3, 0), (2, 2, 3)])
+def test_random_permuted_estimates_match_mir_eval(seed, S, echo):
+    ref, est, order = _random_case(seed, S, echo=echo)
+    if echo:
+        # the case is there for its singular Gram matrix (the delayed copies of the two
+        # references overlap), which the engine cannot Cholesky-factor and solves as
+        # mir_eval does (LU)
+        unit = ref / ref.norm(dim=-1, keepdim=True)
+        gram = metrics._gram(lagged_correlation(unit[None], unit[None], lags=FILTER_LENGTH))
+        assert int(torch.linalg.cholesky_ex(gram).info) != 0
     fast = bss_eval(ref, est, engine="fast")
     slow = bss_eval(ref, est, engine="mir_eval")
     for name in ("sdr", "sir", "sar"):
@@ -118,7 +136,7 @@ def test_random_permuted_estimates_match_mir_eval(seed, S):
     assert fast.permutation.tolist() == expected.tolist() == slow.permutation.tolist()
 
 
-def test_batch_equals_items():
+def test_batch_equals_items_and_chunks(monkeypatch):
     cases = [_random_case(seed, 2)[:2] for seed in (3, 4)]
     ref = torch.stack([c[0] for c in cases])
     est = torch.stack([c[1] for c in cases])
@@ -126,6 +144,69 @@ def test_batch_equals_items():
     assert batched.sdr.shape == (2, 2)
     for i, (r, e) in enumerate(cases):
         torch.testing.assert_close(batched.sdr[i], bss_eval(r, e, permutation=False).sdr)
+    monkeypatch.setattr(metrics, "_CHUNK_BYTES", 1)  # one item per chunk
+    chunked = bss_eval(ref, est, permutation=False)
+    for name in ("sdr", "sir", "sar"):
+        torch.testing.assert_close(getattr(chunked, name), getattr(batched, name))
+
+
+@pytest.mark.parametrize("block", [100, 16384])
+def test_lagged_correlation_matches_np_correlate(block):
+    generator = torch.Generator().manual_seed(10)
+    x = torch.randn(2, 3, 1000, generator=generator, dtype=torch.float64)
+    y = torch.randn(2, 4, 1000, generator=generator, dtype=torch.float64)
+    lags = 37
+    corr = lagged_correlation(x, y, lags=lags, block=block)  # block=100: ten blocks; 16384: one
+    assert corr.shape == (2, lags, 3, 4)
+    for n, a, b in itertools.product(range(2), range(3), range(4)):
+        direct = np.correlate(y[n, b].numpy(), x[n, a].numpy(), mode="full")[999 : 999 + lags]
+        np.testing.assert_allclose(corr[n, :, a, b].numpy(), direct, rtol=0, atol=1e-10)
+    with pytest.raises(ParameterError, match="lags"):
+        lagged_correlation(x, y, lags=0)
+
+
+def test_projection_energy_of_singular_systems():
+    # exactly singular: Cholesky and LU both fail; the pseudo-inverse projects on the range
+    gram = torch.tensor([[[4.0, 0.0], [0.0, 0.0]]], dtype=torch.float64)
+    rhs = torch.tensor([[[2.0], [0.0]]], dtype=torch.float64)
+    assert float(metrics._projection_energy(gram, rhs)) == pytest.approx(1.0, abs=1e-12)
+    # a duplicated column: the energy of e's projection on span(v, w), whatever solver runs
+    generator = torch.Generator().manual_seed(11)
+    v, w, e = torch.randn(3, 50, generator=generator, dtype=torch.float64)
+    basis = torch.stack([v, v, w], dim=1)  # (50, 3)
+    projection = basis[:, [0, 2]] @ torch.linalg.lstsq(basis[:, [0, 2]], e[:, None]).solution
+    energy = metrics._projection_energy((basis.T @ basis)[None], (basis.T @ e)[None, :, None])
+    assert float(energy) == pytest.approx(float(projection.square().sum()), rel=1e-9)
+
+
+def test_best_permutation_finds_the_assignment_optimum():
+    generator = torch.Generator().manual_seed(12)
+    for S in (4, 9):  # every permutation tried; the Hungarian algorithm beyond 8 sources
+        sir = 10 * torch.randn(5, S, S, generator=generator, dtype=torch.float64)
+        perm = best_permutation(sir)
+        for n in range(5):
+            expected = linear_sum_assignment(sir[n].numpy(), maximize=True)[1]
+            assert perm[n].tolist() == expected.tolist()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fast_engine_on_cuda_matches_cpu():
+    ref, est, _ = _random_case(13, 3)
+    cpu = bss_eval(ref, est)
+    gpu = bss_eval(ref.cuda(), est.cuda())
+    assert gpu.sdr.device.type == "cpu" and gpu.permutation.tolist() == cpu.permutation.tolist()
+    for name in ("sdr", "sir", "sar"):
+        torch.testing.assert_close(getattr(gpu, name), getattr(cpu, name), rtol=0, atol=1e-6)
+    framewise = bss_eval(ref.cuda(), est.cuda(), window=2048, hop=1024)
+    torch.testing.assert_close(framewise.sdr, bss_eval(ref, est, window=2048, hop=1024).sdr, rtol=0, atol=1e-6)
+    quiet = est.clone()
+    quiet[2] = 0.0  # the silence path, which indexes device tensors with CPU masks
+    with pytest.warns(MetricWarning, match="all-zero"):
+        gpu = bss_eval(ref.cuda(), quiet.cuda(), permutation=False)
+    with pytest.warns(MetricWarning, match="all-zero"):
+        cpu = bss_eval(ref, quiet, permutation=False)
+    torch.testing.assert_close(gpu.sdr, cpu.sdr, rtol=0, atol=1e-6, equal_nan=True)
 
 
 def _naive_si_sdr(estimate: np.ndarray, reference: np.ndarray) -> float:
