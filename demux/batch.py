@@ -346,6 +346,8 @@ def _output_extension(path: Path, fmt: str | None) -> str:
     if fmt:
         return fmt
     suffix = path.suffix.lstrip(".").lower()
+    if suffix in ("cf32", "cfile", "sigmf-meta", "sigmf-data"):
+        return "npy"  # complex I/Q stems: .npy keeps them complex
     return suffix if suffix in FORMATS else "wav"
 
 

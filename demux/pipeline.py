@@ -127,6 +127,7 @@ def separate(
     overlap: float = 0.1,
     batch_size: int = 4,
     on_stage: Callable[[str], None] | None = None,
+    learned: dict[str, Tensor] | None = None,
 ) -> Separation:
     """Separate ``signal`` into the recipe's sources.
 
@@ -142,6 +143,9 @@ def separate(
         overlap: the chunks' overlap, as a fraction of ``segment`` (at most 0.5).
         batch_size: chunks fitted together as one batch.
         on_stage: called with each stage's name before it runs (progress display).
+        learned: ``"stage.source"`` -> ``(G,)`` offsets that replace that source's
+            ``learned`` term (``demux train``); offsets that carry a gradient give
+            stems that carry it too (see :func:`run_stage`).
 
     Returns:
         A :class:`Separation` whose stems have the input's shape.
@@ -152,25 +156,23 @@ def separate(
     """
     recipe = load_recipe(recipe) if isinstance(recipe, str) else recipe
     x = torch.as_tensor(np.asarray(signal) if isinstance(signal, np.ndarray) else signal)
-    if x.is_complex():
-        raise ParameterError("complex (IQ) input needs a recipe for complex signals; none is available yet")
     unbatched = x.dim() == 2
     if unbatched:
         x = x.unsqueeze(0)
     if x.dim() != 3:
         raise ParameterError(f"signal must be (channel, time) or (batch, channel, time), got shape {tuple(x.shape)}")
-    x = x.to(device=device, dtype=torch.float32)
+    x = x.to(device=device, dtype=torch.complex64 if x.is_complex() else torch.float32)
     length = x.shape[-1]
     rate = _served_rate(recipe, sample_rate)
     if rate != sample_rate:
         x = _resample(x, sample_rate, rate)
-    check_against_signal(recipe, rate)
+    check_against_signal(recipe, rate, complex_signal=x.is_complex())
 
     if segment is None:
-        stems, reports = _run_stages(recipe, x, rate, seed=seed, on_stage=on_stage)
+        stems, reports = _run_stages(recipe, x, rate, seed=seed, on_stage=on_stage, learned=learned)
     else:
         stems, reports = _run_chunked(recipe, x, rate, seed=seed, on_stage=on_stage, segment=segment,
-                                      overlap=overlap, batch_size=batch_size)
+                                      overlap=overlap, batch_size=batch_size, learned=learned)
     if rate != sample_rate:
         stems = {name: _fit_length(_resample(s, rate, sample_rate), length) for name, s in stems.items()}
     if unbatched:
@@ -178,7 +180,8 @@ def separate(
     return Separation(stems=stems, sample_rate=float(sample_rate), stages=reports)
 
 
-def _run_stages(recipe: Recipe, x: Tensor, rate: float, *, seed: int, on_stage) -> tuple[dict[str, Tensor], list]:
+def _run_stages(recipe: Recipe, x: Tensor, rate: float, *, seed: int, on_stage,
+                learned=None) -> tuple[dict[str, Tensor], list]:
     """Every stage of ``recipe`` on ``x`` ``(batch, channel, time)``: the final stems and the reports."""
     stems: dict[str, Tensor] = {"mixture": x}
     reports = []
@@ -186,13 +189,15 @@ def _run_stages(recipe: Recipe, x: Tensor, rate: float, *, seed: int, on_stage) 
         if on_stage:
             on_stage(stage.name)
         parent = stage.split or "mixture"
-        out, report = run_stage(stage, stems.pop(parent), rate, seed=seed + index, recipe_source=recipe.source)
+        out, report = run_stage(stage, stems.pop(parent), rate, seed=seed + index, recipe_source=recipe.source,
+                                learned=learned)
         stems.update(out)
         reports.append(report)
     return stems, reports
 
 
-def _run_chunked(recipe, x: Tensor, rate: float, *, seed: int, on_stage, segment: float, overlap: float, batch_size: int):
+def _run_chunked(recipe, x: Tensor, rate: float, *, seed: int, on_stage, segment: float, overlap: float, batch_size: int,
+                 learned=None):
     """:func:`_run_stages` over equal chunks of ``segment`` seconds, ``batch_size`` at a time."""
     if segment <= 0 or not 0 <= overlap <= 0.5 or batch_size < 1:
         raise ParameterError(
@@ -204,7 +209,8 @@ def _run_chunked(recipe, x: Tensor, rate: float, *, seed: int, on_stage, segment
     pieces: dict[str, list[Tensor]] = {}
     reports = []
     for start in range(0, chunks.shape[0], batch_size):
-        stems, batch_reports = _run_stages(recipe, chunks[start : start + batch_size], rate, seed=seed, on_stage=on_stage)
+        stems, batch_reports = _run_stages(recipe, chunks[start : start + batch_size], rate, seed=seed, on_stage=on_stage,
+                                           learned=learned)
         for name, stem in stems.items():
             pieces.setdefault(name, []).append(stem)
         for report in batch_reports:
@@ -213,11 +219,25 @@ def _run_chunked(recipe, x: Tensor, rate: float, *, seed: int, on_stage, segment
     return {name: overlap_add(torch.cat(parts), plan) for name, parts in pieces.items()}, reports
 
 
-def run_stage(stage: StageSpec, x: Tensor, sample_rate: float, *, seed: int, recipe_source: str = "<recipe>"):
-    """Fit one stage on ``x`` ``(batch, channel, time)`` and return its stems and report."""
+def run_stage(stage: StageSpec, x: Tensor, sample_rate: float, *, seed: int, recipe_source: str = "<recipe>",
+              learned: dict[str, Tensor] | None = None):
+    """Fit one stage on ``x`` ``(batch, channel, time)`` and return its stems and report.
+
+    ``learned`` (see :func:`separate`) overrides sources' learned offsets. The fit
+    treats them as constants; where they carry a gradient, the masks are recomputed
+    from the fitted parameters (held fixed) and the offsets, so the stems carry
+    ``d stems / d offsets`` at fixed fitted parameters (``demux train``'s fixed-point
+    approximation of the bilevel problem).
+    """
     start = time.perf_counter()
     B, C, T = x.shape
     transform = _build_transform(stage, sample_rate, recipe_source).to(x.device)
+    if x.is_complex() and not transform.complex_input:
+        raise RecipeError(
+            recipe_source,
+            f"stages.{stage.name}.transform.type",
+            f"complex (I/Q) input needs a two-sided transform (cfft or cstft), not {stage.transform.type!r}",
+        )
     if not transform.invertible:
         raise RecipeError(recipe_source, f"stages.{stage.name}.transform.type", "this transform cannot synthesise stems")
     try:
@@ -225,17 +245,20 @@ def run_stage(stage: StageSpec, x: Tensor, sample_rate: float, *, seed: int, rec
     except ParameterError as error:  # e.g. a wavelet level deeper than this signal allows
         raise RecipeError(recipe_source, f"stages.{stage.name}.transform", str(error)) from None
     Cc, K = coeffs.shape[1], tuple(coeffs.shape[2:])  # Cc: components or beams for transforms over channels
-    inputs, per_channel = stage_inputs(stage, coeffs, transform, T, recipe_source)
+    inputs, per_channel = stage_inputs(stage, coeffs.detach(), transform, T, recipe_source, learned=learned)
     blocks = [_blocks(src) for src in stage.sources.values()]
     names = list(stage.sources)
     residual = names.index("residual") if "residual" in names else None
-    model = VarianceModel(blocks, inputs, combiner=stage.combiner, residual=residual)
+    fitted = dataclasses.replace(inputs, learned=inputs.learned.detach())
+    model = VarianceModel(blocks, fitted, combiner=stage.combiner, residual=residual)
     config = dataclasses.replace(stage.fit, seed=stage.fit.seed + seed)
     result = minimize(model.objective, model.initial(), masks=lambda th: model.masks(th).flatten(1), config=config)
-    with torch.no_grad():
+    with torch.set_grad_enabled(inputs.learned.requires_grad):
+        if inputs.learned.requires_grad:
+            model = VarianceModel(blocks, inputs, combiner=stage.combiner, residual=residual)
         masks = apply_locks(model.masks(result.theta), inputs.locks)  # (B, S, Kf)
         # a silent input has no energy to share: report zeros, not 0/0
-        share = (masks * inputs.power[:, None]).mean(2) / inputs.power.mean(1, keepdim=True).clamp_min(1e-30)
+        share = (masks.detach() * inputs.power[:, None]).mean(2) / inputs.power.mean(1, keepdim=True).clamp_min(1e-30)
         S = len(names)
         masks = masks.reshape(B, S, Cc if per_channel else 1, *K)
         masked = (coeffs.unsqueeze(1) * masks).reshape(B * S, Cc, *K)
@@ -270,11 +293,14 @@ def _stage_masks(names: list[str], masks: Tensor, grid) -> StageMasks:
     return StageMasks(names, masks.reshape(B, S, F, N).detach().cpu(), freqs.cpu(), times.cpu())
 
 
-def stage_inputs(stage: StageSpec, coeffs: Tensor, transform: Transform, length: int, recipe_source: str):
+def stage_inputs(stage: StageSpec, coeffs: Tensor, transform: Transform, length: int, recipe_source: str, *,
+                 learned: dict[str, Tensor] | None = None):
     """Fixed inputs of a stage's fit: normalised power, prior log-odds, locks, groups, anchors.
 
     Args:
         coeffs: ``(batch, channel, *K)`` coefficients.
+        learned: ``"stage.source"`` -> ``(G,)`` offsets used instead of that source's
+            ``learned`` file (a gradient they carry is kept).
 
     Returns:
         ``(ModelInputs, per_channel)``; ``per_channel`` is True for transforms over
@@ -309,7 +335,7 @@ def stage_inputs(stage: StageSpec, coeffs: Tensor, transform: Transform, length:
     support = torch.ones(S, Kf, device=p.device)
     locks = torch.zeros(S, Kf, dtype=torch.bool, device=p.device)
     anchor = torch.zeros(B, S, n_groups, device=p.device)
-    learned = torch.zeros(S, n_groups, device=p.device)
+    offsets = torch.zeros(S, n_groups, device=p.device)
     for s, (name, src) in enumerate(stage.sources.items()):
         key = f"stages.{stage.name}.sources.{name}"
         member = torch.ones(Kf, device=p.device)
@@ -339,16 +365,27 @@ def stage_inputs(stage: StageSpec, coeffs: Tensor, transform: Transform, length:
             locks[s] = band_membership(freq, [(b.lo, b.hi, b.edge) for b in src.lock], resolution_hz=width) > 0.5
             support[s] = torch.maximum(support[s], locks[s].float())
         if src.noise_floor:
-            anchor[:, s] = noise_log_variance(
+            # without a time axis (whole-signal FFT/DCT) a group's few bins say nothing about
+            # the floor under a strong source: take one white floor over the whole spectrum
+            whole = grid.n_frames == 1
+            floor = noise_log_variance(
                 p,
-                group,
-                n_groups,
+                torch.zeros_like(group) if whole else group,
+                1 if whole else n_groups,
                 estimate=src.noise_floor.estimate,
                 percentile=src.noise_floor.percentile,
                 complex_coeffs=coeffs.is_complex(),
             )
-        if src.learned:
-            learned[s] = load_offsets(src.learned, key=name, n_groups=n_groups).to(p.device)
+            anchor[:, s] = floor.expand(-1, n_groups) if whole else floor
+        given = (learned or {}).get(f"{stage.name}.{name}")
+        if given is not None:
+            if tuple(given.shape) != (n_groups,):
+                raise ParameterError(
+                    f"learned offsets '{stage.name}.{name}' have shape {tuple(given.shape)}, expected ({n_groups},)"
+                )
+            offsets[s] = given.to(p.device)
+        elif src.learned:
+            offsets[s] = load_offsets(src.learned, key=name, stage=stage.name, n_groups=n_groups).to(p.device)
     if (locks.sum(0) > 1).any():
         raise RecipeError(recipe_source, f"stages.{stage.name}.sources", "two sources lock the same band")
     for s in range(S):
@@ -367,7 +404,7 @@ def stage_inputs(stage: StageSpec, coeffs: Tensor, transform: Transform, length:
         n_frames=grid.n_frames,
         grid_shape=shape,
         anchor=anchor,
-        learned=learned,
+        learned=offsets,
     )
     return inputs, per_channel
 
@@ -454,7 +491,8 @@ def _resample(x: Tensor, from_rate: float, to_rate: float) -> Tensor:
 
     B, C, T = x.shape
     data = resample(x.detach().cpu().numpy().reshape(B * C, T), from_rate, to_rate)
-    return torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)).reshape(B, C, -1).to(x.device)
+    dtype = np.complex64 if x.is_complex() else np.float32
+    return torch.from_numpy(np.ascontiguousarray(data, dtype=dtype)).reshape(B, C, -1).to(x.device)
 
 
 def _fit_length(x: Tensor, length: int) -> Tensor:

@@ -425,9 +425,9 @@ def _check_structure(recipe: Recipe) -> None:
             raise RecipeError(recipe.source, f"{path}.sources", "the sigmoid combiner needs a source named 'residual'")
         for name, src in stage.sources.items():
             for i, band in enumerate(src.bands + src.lock):
-                if not 0 <= band.lo < band.hi:
+                if not band.lo < band.hi:
                     raise RecipeError(
-                        recipe.source, f"{path}.sources.{name}.bands.{i}", f"expected 0 <= lo < hi, got lo={band.lo}, hi={band.hi}"
+                        recipe.source, f"{path}.sources.{name}.bands.{i}", f"expected lo < hi, got lo={band.lo}, hi={band.hi}"
                     )
             if src.energy and src.energy.size < 1:
                 raise RecipeError(recipe.source, f"{path}.sources.{name}.energy.size", "expected an integer >= 1")
@@ -439,8 +439,11 @@ def _check_structure(recipe: Recipe) -> None:
                 raise RecipeError(recipe.source, f"{path}.sources.{name}.harmonic", "expected 0 < f0_min < f0_max")
 
 
-def check_against_signal(recipe: Recipe, sample_rate: float) -> None:
-    """Checks that need the signal: served sample rate, bands below Nyquist.
+def check_against_signal(recipe: Recipe, sample_rate: float, *, complex_signal: bool = False) -> None:
+    """Checks that need the signal: bands inside the spectrum it has.
+
+    A real signal's spectrum is ``[0, fs/2]``; a complex (I/Q) one's is
+    ``[-fs/2, fs/2]`` around its centre frequency.
 
     Raises:
         RecipeError: naming the key path of the offending value.
@@ -450,10 +453,21 @@ def check_against_signal(recipe: Recipe, sample_rate: float) -> None:
         for name, src in stage.sources.items():
             for kind, bands in (("bands", src.bands), ("lock", src.lock)):
                 for i, band in enumerate(bands):
+                    key = f"stages.{stage.name}.sources.{name}.{kind}.{i}"
+                    if band.lo < 0 and not complex_signal:
+                        raise RecipeError(
+                            recipe.source, f"{key}.lo", f"{band.lo:g} Hz: negative frequencies need complex (I/Q) input"
+                        )
+                    if complex_signal and band.hi <= -nyquist:
+                        raise RecipeError(
+                            recipe.source,
+                            f"{key}.hi",
+                            f"{band.hi:g} Hz is at or below -Nyquist ({-nyquist:g} Hz at {sample_rate:g} Hz)",
+                        )
                     if band.lo >= nyquist:
                         raise RecipeError(
                             recipe.source,
-                            f"stages.{stage.name}.sources.{name}.{kind}.{i}.lo",
+                            f"{key}.lo",
                             f"{band.lo:g} Hz is at or above Nyquist ({nyquist:g} Hz at {sample_rate:g} Hz)",
                         )
 

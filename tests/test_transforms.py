@@ -20,7 +20,7 @@ from sklearn.decomposition import FastICA as SkFastICA
 
 from demux.errors import ParameterError
 from demux.transforms import (
-    DCT, DWT, FFT, ICA, PCA, STFT, TRANSFORMS, MelBands, SpatialDFT, build_transform, transform_params,
+    ComplexFFT, ComplexSTFT, DCT, DWT, FFT, ICA, MelBands, PCA, STFT, SpatialDFT, TRANSFORMS, build_transform, transform_params,
 )
 from demux.transforms.channels import fastica_fit, pca_fit
 from demux.transforms.dct import dct, idct
@@ -75,7 +75,14 @@ def small_transforms(dtype: torch.dtype = torch.float32):
         "pca": PCA(8000),
         "ica": ICA(8000, seed=1),
         "spatial": SpatialDFT(8000, 3, 0.1, angles_deg=(-60, -30, 0, 30, 60), n_fft=64, hop=16),
+        "cfft": ComplexFFT(8000),
+        "cstft": ComplexSTFT(8000, n_fft=64, hop=16),
     }
+
+
+def signal_for(transform, x: torch.Tensor) -> torch.Tensor:
+    """``x`` as the transform takes it: real, or complex baseband (I from x, Q from x shifted)."""
+    return torch.complex(x, x.roll(7, dims=-1)) if transform.complex_input else x
 
 
 def mixed(batch: int, length: int, dtype: torch.dtype) -> torch.Tensor:
@@ -90,8 +97,9 @@ def mixed(batch: int, length: int, dtype: torch.dtype) -> torch.Tensor:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("name", list(TRANSFORMS))
 def test_every_transform_round_trips(name, dtype):
-    x = mixed(2, 1001, dtype)
-    transform = fitted(small_transforms()[name], x)
+    transform = small_transforms()[name]
+    x = signal_for(transform, mixed(2, 1001, dtype))
+    transform = fitted(transform, x)
     assert transform.invertible
     y = transform.inverse(transform(x), x.shape[-1])
     assert y.shape == x.shape and y.dtype == x.dtype
@@ -316,11 +324,14 @@ def gradcheck_transform(transform, x: torch.Tensor) -> None:
 
 @pytest.mark.parametrize("name", list(TRANSFORMS))
 def test_gradcheck_forward_and_inverse(name):
-    x = mixed(1, 40, torch.float64)
     transform = small_transforms()[name]
-    if name in ("stft", "spatial"):
-        transform = (STFT(8000, n_fft=8, hop=2) if name == "stft"
-                     else SpatialDFT(8000, 3, 0.1, angles_deg=(-60, -30, 0, 30, 60), n_fft=8, hop=2))
+    x = signal_for(transform, mixed(1, 40, torch.float64))
+    if name in ("stft", "spatial", "cstft"):
+        transform = {
+            "stft": STFT(8000, n_fft=8, hop=2),
+            "cstft": ComplexSTFT(8000, n_fft=8, hop=2),
+            "spatial": SpatialDFT(8000, 3, 0.1, angles_deg=(-60, -30, 0, 30, 60), n_fft=8, hop=2),
+        }[name]
     gradcheck_transform(fitted(transform, x), x)
 
 
@@ -333,8 +344,9 @@ def test_gradcheck_dwt_periodization():
 
 @pytest.mark.parametrize("name", list(TRANSFORMS))
 def test_grid_describes_forward_output(name):
-    x = mixed(2, 1001, torch.float32)
-    transform = fitted(small_transforms()[name], x)
+    transform = small_transforms()[name]
+    x = signal_for(transform, mixed(2, 1001, torch.float32))
+    transform = fitted(transform, x)
     coeffs = transform(x)
     grid = transform.grid(1001)
     assert grid.shape == tuple(coeffs.shape[2:]) == transform.coefficient_shape(1001)
@@ -344,7 +356,8 @@ def test_grid_describes_forward_output(name):
     assert int(grid.group.min()) == 0 and int(grid.group.max()) == grid.n_groups - 1
     assert int(grid.frame.min()) == 0 and int(grid.frame.max()) == grid.n_frames - 1
     assert bool((grid.band_lo_hz <= grid.freq_hz).all() and (grid.freq_hz <= grid.band_hi_hz).all())
-    assert float(grid.band_lo_hz.min()) >= 0 and float(grid.band_hi_hz.max()) <= 4000
+    lowest = -4000 if transform.complex_input else 0  # complex baseband: a two-sided spectrum
+    assert float(grid.band_lo_hz.min()) >= lowest and float(grid.band_hi_hz.max()) <= 4000
     assert float(grid.time_s.min()) >= 0 and float(grid.time_s.max()) <= 1001 / 8000
 
 
@@ -437,7 +450,7 @@ def test_steering_vectors_delay_phase():
 
 @pytest.mark.parametrize("name", list(TRANSFORMS))
 def test_batch_equals_stacked_single_calls(name):
-    x = mixed(3, 513, torch.float32)
+    x = signal_for(small_transforms()[name], mixed(3, 513, torch.float32))
     batched = fitted(small_transforms()[name], x)
     coeffs = batched(x)
     for b in range(3):
@@ -483,7 +496,7 @@ def test_build_transform_by_name():
     transform = build_transform("dwt", 360, wavelet="sym8", level=4, mode="symmetric")
     assert isinstance(transform, DWT) and transform.level == 4 and transform.mode == "symmetric"
     assert transform_params("stft") == ["n_fft", "hop", "window"]
-    assert set(TRANSFORMS) == {"stft", "fft", "dct", "dwt", "pca", "ica", "spatial"}
+    assert set(TRANSFORMS) == {"stft", "fft", "dct", "dwt", "pca", "ica", "spatial", "cfft", "cstft"}
 
 
 def test_documented_defaults():
@@ -505,3 +518,38 @@ def test_round_trip_on_cuda(name):
     coeffs = transform(x)
     assert coeffs.device.type == "cuda"
     assert rel_err(transform.inverse(coeffs, 1001), x) <= ROUND_TRIP_TOL[torch.float32]
+
+
+# --------------------------------------------------------------------------- complex baseband
+
+
+def test_complex_fft_matches_numpy_in_increasing_frequency_order():
+    x = torch.complex(noise(2, 1, 301, dtype=torch.float64), noise(2, 1, 301, dtype=torch.float64).flip(-1))
+    ours = ComplexFFT(1000)(x)
+    reference = np.fft.fftshift(np.fft.fft(x.numpy(), axis=-1), axes=-1)
+    np.testing.assert_allclose(ours.numpy(), reference, rtol=PARITY_TOL, atol=PARITY_TOL * np.abs(reference).max())
+    freqs = ComplexFFT(1000).grid(301).freq_hz.flatten().double()
+    np.testing.assert_allclose(freqs.numpy(), np.fft.fftshift(np.fft.fftfreq(301, 1 / 1000)), atol=1e-3)
+
+
+@pytest.mark.parametrize("transform", [ComplexFFT(16000), ComplexSTFT(16000, n_fft=512, hop=128)])
+@pytest.mark.parametrize("tone_hz", [-3000.0, 1000.0])
+def test_complex_tone_peaks_at_its_signed_frequency(transform, tone_hz):
+    t = torch.arange(16000, dtype=torch.float64) / 16000
+    x = torch.exp(2j * math.pi * tone_hz * t).to(torch.complex64).view(1, 1, -1)
+    power = transform(x).abs().square()[0, 0]
+    grid = transform.grid(16000)
+    freq = torch.broadcast_to(grid.freq_hz, (1, *grid.shape))[0]
+    peak = freq.flatten()[power.flatten().argmax()]
+    assert abs(float(peak) - tone_hz) <= 16000 / 512 / 2 + 1e-3
+
+
+def test_complex_stft_matches_naive_framing():
+    n_fft, hop, length = 16, 4, 50
+    x = torch.complex(noise(1, 1, length, dtype=torch.float64), noise(1, 1, length, dtype=torch.float64).roll(3, -1))
+    ours = ComplexSTFT(100, n_fft=n_fft, hop=hop)(x)[0, 0].numpy()
+    window = np.hanning(n_fft + 1)[:-1]  # periodic Hann, as scipy's get_window("hann")
+    padded = np.pad(x[0, 0].numpy(), n_fft // 2)
+    frames = [padded[i * hop : i * hop + n_fft] * window for i in range(1 + length // hop)]
+    naive = np.fft.fftshift(np.fft.fft(np.stack(frames, axis=1), axis=0), axes=0)
+    np.testing.assert_allclose(ours, naive, atol=1e-10)

@@ -10,11 +10,14 @@ from torch import Tensor
 from demux.errors import InputError
 
 
-def load_offsets(path: str | Path, *, key: str, n_groups: int) -> Tensor:
+def load_offsets(path: str | Path, *, key: str, n_groups: int, stage: str | None = None) -> Tensor:
     """Read a ``(n_groups,)`` float tensor named ``key`` from a safetensors file.
 
+    With ``stage``, the tensor ``"<stage>.<key>"`` is read when the file has it (the
+    layout ``demux train`` writes: one file for every source of every stage), else ``key``.
+
     Raises:
-        InputError: the file is missing, not safetensors, lacks ``key`` or has the wrong shape.
+        InputError: the file is missing, not safetensors, lacks the key or has the wrong shape.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -26,6 +29,8 @@ def load_offsets(path: str | Path, *, key: str, n_groups: int) -> Tensor:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:
         raise InputError(path, f"not a safetensors file ({error})") from None
+    if stage is not None and f"{stage}.{key}" in tensors:
+        key = f"{stage}.{key}"
     if key not in tensors:
         raise InputError(path, f"has no tensor '{key}' (has: {', '.join(sorted(tensors)) or 'none'})")
     value = tensors[key].to(torch.get_default_dtype())

@@ -13,10 +13,10 @@ from demux.errors import ParameterError
 from demux.transforms.base import Grid, Transform, power
 from demux.transforms.channels import ICA, PCA
 from demux.transforms.dct import DCT
-from demux.transforms.fft import FFT
+from demux.transforms.fft import FFT, ComplexFFT
 from demux.transforms.mel import MelBands
 from demux.transforms.spatial import SpatialDFT
-from demux.transforms.stft import STFT
+from demux.transforms.stft import STFT, ComplexSTFT
 from demux.transforms.wavelet import DWT
 
 TRANSFORMS: dict[str, type[Transform]] = {
@@ -27,6 +27,8 @@ TRANSFORMS: dict[str, type[Transform]] = {
     "pca": PCA,
     "ica": ICA,
     "spatial": SpatialDFT,
+    "cfft": ComplexFFT,
+    "cstft": ComplexSTFT,
 }
 
 
@@ -63,6 +65,6 @@ def build_transform(name: str, sample_rate: float, **params) -> Transform:
 
 
 __all__ = [
-    "DCT", "DWT", "FFT", "ICA", "PCA", "STFT", "TRANSFORMS", "Grid", "MelBands", "SpatialDFT", "Transform",
+    "DCT", "DWT", "FFT", "ICA", "PCA", "STFT", "TRANSFORMS", "ComplexFFT", "ComplexSTFT", "Grid", "MelBands", "SpatialDFT", "Transform",
     "build_transform", "power", "transform_params",
 ]

@@ -33,11 +33,12 @@ def check_positive(name: str, value: object) -> float:
     return number
 
 
-def check_signal(x: Tensor, *, min_length: int = 1) -> tuple[int, int, int]:
-    """``(batch, channel, time)`` of a real signal tensor, or ParameterError."""
-    if not isinstance(x, Tensor) or x.dim() != 3 or x.is_complex():
+def check_signal(x: Tensor, *, min_length: int = 1, complex_ok: bool = False) -> tuple[int, int, int]:
+    """``(batch, channel, time)`` of a real (or, if ``complex_ok``, complex) signal tensor, or ParameterError."""
+    if not isinstance(x, Tensor) or x.dim() != 3 or (x.is_complex() and not complex_ok):
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise ParameterError(f"expected a real (batch, channel, time) tensor, got {shape}")
+        kind = "real or complex" if complex_ok else "real"
+        raise ParameterError(f"expected a {kind} (batch, channel, time) tensor, got {shape}")
     B, C, T = x.shape
     if T < min_length:
         raise ParameterError(f"signal has {T} samples; this transform needs at least {min_length}")
@@ -65,12 +66,18 @@ def pooled_index(n: int, max_groups: int = MAX_POOLED_GROUPS) -> tuple[Tensor, i
     return torch.arange(n) * groups // n, groups
 
 
-def linear_bands(freq_hz: Tensor, half_width_hz: float, nyquist_hz: float) -> tuple[Tensor, Tensor]:
-    """Band edges ``freq_hz -/+ half_width_hz`` clipped to ``[0, nyquist_hz]``, same shape."""
-    return (freq_hz - half_width_hz).clamp(min=0.0), (freq_hz + half_width_hz).clamp(max=nyquist_hz)
+def linear_bands(
+    freq_hz: Tensor, half_width_hz: float, nyquist_hz: float, *, two_sided: bool = False
+) -> tuple[Tensor, Tensor]:
+    """Band edges ``freq_hz -/+ half_width_hz`` clipped to ``[0, nyquist_hz]`` (``[-nyquist, nyquist]``
+    for the two-sided spectra of complex signals), same shape."""
+    lowest = -nyquist_hz if two_sided else 0.0
+    return (freq_hz - half_width_hz).clamp(min=lowest), (freq_hz + half_width_hz).clamp(max=nyquist_hz)
 
 
-def whole_signal_grid(freq_hz: Tensor, *, half_width_hz: float, sample_rate: float, length: int) -> Grid:
+def whole_signal_grid(
+    freq_hz: Tensor, *, half_width_hz: float, sample_rate: float, length: int, two_sided: bool = False
+) -> Grid:
     """Grid of a transform over the whole signal (FFT, DCT): ``K = (F,)``, one frame.
 
     Args:
@@ -83,7 +90,7 @@ def whole_signal_grid(freq_hz: Tensor, *, half_width_hz: float, sample_rate: flo
     ``MAX_POOLED_GROUPS`` equal-width bands); every coefficient is centred on the
     middle of the signal.
     """
-    lo, hi = linear_bands(freq_hz, half_width_hz, sample_rate / 2)
+    lo, hi = linear_bands(freq_hz, half_width_hz, sample_rate / 2, two_sided=two_sided)
     group, n_groups = pooled_index(freq_hz.shape[0])
     return Grid(
         freq_hz=freq_hz.view(1, -1),

@@ -63,6 +63,8 @@ class Transform(nn.Module, ABC):
 
     #: ``inverse(forward(x), T) == x`` up to float error.
     invertible: bool = True
+    #: Takes complex baseband signals (I/Q); its frequency axis is two-sided.
+    complex_input: bool = False
 
     def __init__(self, sample_rate: float):
         super().__init__()

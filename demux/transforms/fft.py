@@ -45,3 +45,46 @@ class FFT(Transform):
         step = self.sample_rate / length
         freq = torch.arange(length // 2 + 1, dtype=torch.float32) * step
         return whole_signal_grid(freq, half_width_hz=step / 2, sample_rate=self.sample_rate, length=length)
+
+
+def cfft(x: Tensor) -> Tensor:
+    """Two-sided DFT of complex baseband, in increasing frequency order (``fftshift`` of ``fft``).
+
+    Args:
+        x: ``(..., time)`` complex (or real) signal.
+
+    Returns:
+        ``(..., time)`` complex coefficients; bin ``k`` is ``(k - time // 2) * fs / time`` Hz.
+    """
+    return torch.fft.fftshift(torch.fft.fft(x, dim=-1), dim=-1)
+
+
+def icfft(coeffs: Tensor) -> Tensor:
+    """Inverse of :func:`cfft`: ``(..., time)`` -> ``(..., time)`` complex."""
+    return torch.fft.ifft(torch.fft.ifftshift(coeffs, dim=-1), dim=-1)
+
+
+class ComplexFFT(Transform):
+    """FFT of a whole complex baseband signal (I/Q), from -fs/2 to fs/2.
+
+    Coefficients ``(batch, channel, T)`` complex, in increasing frequency order, so
+    bands in Hz may be negative (below the centre frequency) and pooled groups are
+    contiguous in frequency.
+    """
+
+    complex_input = True
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_signal(x, complex_ok=True)
+        return cfft(x.to(torch.promote_types(x.dtype, torch.complex64)))
+
+    def inverse(self, coeffs: Tensor, length: int) -> Tensor:
+        check_count("FFT bins", coeffs.shape[-1], length, length)
+        return icfft(coeffs)
+
+    def grid(self, length: int) -> Grid:
+        step = self.sample_rate / length
+        freq = (torch.arange(length, dtype=torch.float32) - length // 2) * step
+        return whole_signal_grid(
+            freq, half_width_hz=step / 2, sample_rate=self.sample_rate, length=length, two_sided=True
+        )

@@ -139,3 +139,70 @@ class STFT(Transform):
             n_frames=frames,
             shape=(n_bins, frames),
         )
+
+
+def cstft(x: Tensor, *, n_fft: int, hop: int, window: Tensor) -> Tensor:
+    """Centred two-sided STFT of complex baseband, bins in increasing frequency order.
+
+    Returns:
+        ``(..., n_fft, 1 + time // hop)`` complex; bin ``k`` is ``(k - n_fft // 2) * fs / n_fft`` Hz.
+    """
+    win = window.to(dtype=x.real.dtype, device=x.device)
+    out = over_signals(
+        lambda rows: torch.stft(
+            rows, n_fft, hop_length=hop, window=win, center=True, pad_mode="constant",
+            normalized=False, onesided=False, return_complex=True,
+        ),
+        x,
+    )
+    return torch.fft.fftshift(out, dim=-2)
+
+
+def icstft(coeffs: Tensor, *, n_fft: int, hop: int, window: Tensor, length: int) -> Tensor:
+    """Inverse of :func:`cstft`: ``(..., n_fft, frames)`` -> ``(..., length)`` complex."""
+    lead = coeffs.shape[:-2]
+    win = window.to(dtype=coeffs.real.dtype, device=coeffs.device)
+    rows = torch.fft.ifftshift(coeffs, dim=-2).reshape(-1, *coeffs.shape[-2:])
+    out = torch.istft(
+        rows, n_fft, hop_length=hop, window=win, center=True, onesided=False, length=length, return_complex=True
+    )
+    return out.reshape(*lead, length)
+
+
+class ComplexSTFT(STFT):
+    """Centred STFT of complex baseband (I/Q); coefficients ``(batch, channel, n_fft, frames)``.
+
+    Bins run from -fs/2 to fs/2 (increasing), so bands in Hz may be negative.
+    Same arguments as :class:`STFT`.
+    """
+
+    complex_input = True
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_signal(x, complex_ok=True)
+        x = x.to(torch.promote_types(x.dtype, torch.complex64))
+        return cstft(x, n_fft=self.n_fft, hop=self.hop, window=self.window)
+
+    def inverse(self, coeffs: Tensor, length: int) -> Tensor:
+        if not self.invertible:
+            raise ParameterError(
+                f"this window is not NOLA for hop={self.hop} (n_fft={self.n_fft}); use a smaller hop"
+            )
+        check_count("STFT frames", coeffs.shape[-1], n_frames(length, self.hop), length)
+        return icstft(coeffs, n_fft=self.n_fft, hop=self.hop, window=self.window, length=length)
+
+    def grid(self, length: int) -> Grid:
+        frames = n_frames(length, self.hop)
+        freq = (torch.arange(self.n_fft, dtype=torch.float32) - self.n_fft // 2) * (self.sample_rate / self.n_fft)
+        lo, hi = linear_bands(freq, self.sample_rate / (2 * self.n_fft), self.sample_rate / 2, two_sided=True)
+        return Grid(
+            freq_hz=freq.view(1, -1, 1),
+            band_lo_hz=lo.view(1, -1, 1),
+            band_hi_hz=hi.view(1, -1, 1),
+            time_s=(torch.arange(frames, dtype=torch.float32) * (self.hop / self.sample_rate)).view(1, 1, -1),
+            group=torch.arange(self.n_fft).view(1, -1, 1),
+            n_groups=self.n_fft,
+            frame=torch.arange(frames).view(1, 1, -1),
+            n_frames=frames,
+            shape=(self.n_fft, frames),
+        )
