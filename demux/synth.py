@@ -391,7 +391,7 @@ def radio(rng: np.random.Generator, *, seconds: float = 0.05, snr_db: float | No
                   for name, u in users.items()},
         "primary": "primary",
     }
-    return _assemble(_add_white_noise(rng, sources, snr_db), fs, params, "radio-fft", snr_db=snr_db)
+    return _assemble(_add_white_noise(rng, sources, snr_db), fs, params, "radio-iq", snr_db=snr_db)
 
 
 # ---------------------------------------------------------------------------------------
