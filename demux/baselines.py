@@ -6,9 +6,10 @@ and every stem of the same shape, dtype and device. They are registered once in
 :data:`BASELINES`.
 
 - Upper bounds (need ``references``): the oracle ideal ratio mask, ideal binary mask and
-  Wiener filter, on the same STFT as demux (or any invertible real ``transform`` passed in).
+  Wiener filter, on the same STFT as demux (or any invertible ``transform`` passed in; a
+  complex baseband mixture needs a two-sided one, ``cstft``/``cfft``).
 - What a user would do without demux: static zero-phase Butterworth band-pass filters from
-  declared bands, and a 0.5-40 Hz ECG cleaner.
+  declared bands, a 0.5-40 Hz ECG cleaner, and the radar MTI delay-line canceller.
 - Classic blind methods: FastICA (multichannel), NMF with Wiener masks, HPSS
   (Fitzgerald 2010), wavelet soft-thresholding (Donoho & Johnstone 1994).
 
@@ -30,7 +31,7 @@ from torch import Tensor
 
 from demux.errors import ParameterError
 from demux.transforms.base import Transform, power
-from demux.transforms.stft import STFT
+from demux.transforms.stft import STFT, ComplexSTFT
 
 Separator = Callable[..., dict[str, Tensor]]
 NmfDivergence = Literal["kl", "is"]
@@ -46,7 +47,8 @@ def _check_mixture(mixture: Tensor, *, allow_complex: bool = False) -> tuple[int
         shape = tuple(mixture.shape) if isinstance(mixture, Tensor) else type(mixture).__name__
         raise ParameterError(f"mixture must be a (batch, channel, time) tensor, got {shape}")
     if mixture.is_complex() and not allow_complex:
-        raise ParameterError("this baseline needs a real mixture; complex baseband is supported by 'bandpass'")
+        raise ParameterError("this baseline needs a real mixture; complex baseband is supported by 'bandpass', "
+                             "'mti-canceller' and the oracles")
     return tuple(mixture.shape)
 
 
@@ -60,23 +62,33 @@ def _check_references(references: Mapping[str, Tensor] | None, mixture: Tensor) 
     return {name: ref.to(mixture) for name, ref in references.items()}
 
 
-def _transform(sample_rate: float, transform: Transform | None, n_fft: int, hop: int | None, window) -> Transform:
+def _transform(sample_rate: float, transform: Transform | None, n_fft: int, hop: int | None, window, *,
+               complex_input: bool = False) -> Transform:
+    """``transform``, checked; by default an STFT (two-sided for a ``complex_input`` mixture)."""
     if transform is None:
-        return STFT(sample_rate, n_fft=n_fft, hop=hop, window=window)
+        return (ComplexSTFT if complex_input else STFT)(sample_rate, n_fft=n_fft, hop=hop, window=window)
     if not transform.invertible:
         raise ParameterError(f"{type(transform).__name__} is not invertible with these settings; masks need an inverse")
+    if complex_input and not transform.complex_input:
+        raise ParameterError(f"{type(transform).__name__} takes real signals; a complex (I/Q) mixture needs a "
+                             "two-sided transform such as ComplexSTFT ('cstft') or ComplexFFT ('cfft')")
     return transform
 
 
 def _apply_masks(transform: Transform, coeffs: Tensor, masks: Mapping[str, Tensor], length: int,
                  like: Tensor) -> dict[str, Tensor]:
-    """Stems ``inverse(coeffs * mask)``, cast back to ``like``'s dtype and device."""
-    return {name: transform.inverse(coeffs * mask, length).to(like) for name, mask in masks.items()}
+    """Stems ``inverse(coeffs * mask)``, cast back to ``like``'s dtype and device.
+
+    A two-sided transform of a real ``like`` synthesises complex stems whose imaginary part
+    is rounding (the masks of real references are symmetric in frequency): it is dropped.
+    """
+    stems = {name: transform.inverse(coeffs * mask, length) for name, mask in masks.items()}
+    return {name: (s.real if s.is_complex() and not like.is_complex() else s).to(like) for name, s in stems.items()}
 
 
 def _analyse(transform: Transform, x: Tensor) -> Tensor:
     # Masks are computed in float64 so that an oracle's ceiling is not limited by rounding.
-    return transform(x.to(torch.float64))
+    return transform(x.to(torch.complex128 if x.is_complex() else torch.float64))
 
 
 def _to_numpy(x: Tensor) -> np.ndarray:
@@ -104,9 +116,9 @@ def _odd(n: float) -> int:
 
 
 def _oracle(mixture, sample_rate, references, masks_from: Callable[[Tensor], Tensor], transform, n_fft, hop, window):
-    _, _, T = _check_mixture(mixture)
+    _, _, T = _check_mixture(mixture, allow_complex=True)
     refs = _check_references(references, mixture)
-    tf = _transform(sample_rate, transform, n_fft, hop, window)
+    tf = _transform(sample_rate, transform, n_fft, hop, window, complex_input=mixture.is_complex())
     coeffs = _analyse(tf, mixture)
     ref_power = torch.stack([power(_analyse(tf, r)) for r in refs.values()])  # (S, B, C, *K)
     masks = masks_from(ref_power)
@@ -127,12 +139,14 @@ def oracle_irm(mixture: Tensor, sample_rate: float, *, references: Mapping[str, 
     """Oracle ideal ratio mask ``|S_s| / sum_j |S_j|`` (magnitude ratio) applied to the mixture.
 
     Args:
-        mixture: ``(B, C, T)`` real.
+        mixture: ``(B, C, T)`` real, or complex baseband (I/Q).
         sample_rate: Hz.
         references: source name -> ``(B, C, T)`` true source (include the noise to get a
             noise stem; otherwise the noise is shared out by the masks).
-        transform: an invertible real :class:`~demux.transforms.base.Transform`; default
-            ``STFT(sample_rate, n_fft, hop, window)`` in float64.
+        transform: an invertible :class:`~demux.transforms.base.Transform`, one with
+            ``complex_input`` (``cstft``, ``cfft``) for a complex mixture; default
+            ``STFT(sample_rate, n_fft, hop, window)``, or ``ComplexSTFT`` with the same
+            arguments for a complex mixture. Masks are computed in float64 (complex128).
 
     Returns:
         source name -> ``(B, C, T)`` stem; masks sum to one, so stems sum to the mixture.
@@ -236,6 +250,42 @@ def ecg_bandpass(mixture: Tensor, sample_rate: float, *, low_hz: float = 0.5, hi
         ``{"ecg": band-passed, "noise": the rest}``, each ``(B, C, T)``; they sum to the mixture.
     """
     return bandpass(mixture, sample_rate, bands={"ecg": (low_hz, high_hz)}, order=order, residual="noise")
+
+
+def mti_canceller(mixture: Tensor, sample_rate: float, *, pulses: int = 3) -> dict[str, Tensor]:
+    """Radar MTI: the ``pulses``-pulse binomial delay-line canceller along slow time.
+
+    The canceller ``(1 - z^-1)^(pulses - 1)`` (3 pulses: weights ``[1, -2, 1]``) notches
+    zero Doppler, where stationary clutter lies. It is applied centred (zero phase, hence
+    ``pulses`` odd: an even count delays by half a pulse), its sign set so that the centre
+    tap is positive, and divided by ``2^(pulses - 1)``, the sum of its absolute weights.
+    Gain normalisation: the response is then real and non-negative,
+    ``H(f) = sin(pi f / PRF)^(pulses - 1)``: 0 at zero Doppler, 1 at +-PRF/2 (the peak),
+    1/2 (-6.02 dB) at +-PRF/4 for 3 pulses. (The raw ``[1, -2, 1]`` has peak gain 4 and
+    white-noise power gain 6; scaling changes neither its notch nor its improvement factor.)
+    With this gain the clutter stem, ``mixture - targets``, is the complementary binomial
+    low-pass ``1 - H`` (3 pulses: ``(x[n-1] + 2 x[n] + x[n+1]) / 4``), also a gain in [0, 1].
+    The first and last ``(pulses - 1) / 2`` pulses see the edge pulse repeated, so a
+    constant is cancelled there too.
+
+    Args:
+        mixture: ``(B, C, T)`` slow-time samples, one per pulse, complex (I/Q) or real.
+        sample_rate: the pulse repetition frequency, Hz (unused: the response scales with it).
+        pulses: odd number of pulses >= 3 in the canceller.
+
+    Returns:
+        ``{"clutter": mixture - targets, "targets": canceller output}``, each ``(B, C, T)``;
+        they sum to the mixture.
+    """
+    _, _, T = _check_mixture(mixture, allow_complex=True)
+    if isinstance(pulses, bool) or not isinstance(pulses, int) or pulses < 3 or pulses % 2 == 0:
+        raise ParameterError(f"{pulses=} is not an odd integer >= 3 (a centred canceller needs a middle pulse)")
+    order, half = pulses - 1, (pulses - 1) // 2
+    weights = [(-1) ** (half + k) * math.comb(order, k) / 2**order for k in range(pulses)]
+    x = _to_numpy(mixture)
+    padded = np.pad(x, [(0, 0), (0, 0), (half, half)], mode="edge")
+    targets = sum(w * padded[..., k : k + T] for k, w in enumerate(weights))
+    return {"clutter": _from_numpy(x - targets, mixture), "targets": _from_numpy(targets, mixture)}
 
 
 # ---------------------------------------------------------------------------------------
@@ -423,6 +473,7 @@ BASELINES: dict[str, Separator] = {
     "oracle-wiener": oracle_wiener,
     "bandpass": bandpass,
     "ecg-bandpass": ecg_bandpass,
+    "mti-canceller": mti_canceller,
     "fastica": fastica,
     "nmf": nmf,
     "hpss": hpss,
@@ -439,6 +490,7 @@ __all__ = [
     "ecg_bandpass",
     "fastica",
     "hpss",
+    "mti_canceller",
     "nmf",
     "oracle_ibm",
     "oracle_irm",

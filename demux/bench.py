@@ -15,12 +15,24 @@ and scores each method's stems against the references with BSS-Eval v3 (engine `
 of :func:`demux.metrics.bss_eval`, labelled stems, no permutation search) and SI-SDR, channel by channel with the dB values
 averaged over channels, as ``demux evaluate`` does.
 
-References: the scenario's non-noise sources, plus one ``noise`` reference, the sum of
-its ``params["noise_sources"]`` when it has any (DESIGN.md: denoising is scored against
-``[clean, noise]``).
+Complex baseband (I/Q) scenarios (``radio``, ``radar-mti``): BSS-Eval scores the real and
+imaginary parts as two channels and averages them, the convention of ``demux evaluate``
+(which reads a complex stem as its ``[real, imag]`` channels); SI-SDR is the complex
+SI-SDR (:func:`complex_si_sdr`: the scale is a complex gain, so a phase rotation costs
+nothing, as for an unknown carrier phase). Every method gets the complex mixture; the
+oracles use the recipe's two-sided transform.
+
+References (:func:`reference_groups`): the scenario's sources, each its own reference,
+except those scored together as one reference, their sum: the noise sources
+(``params["noise_sources"]``) make one ``noise`` reference (DESIGN.md: denoising is scored
+against ``[clean, noise]``), and :data:`SOURCE_GROUPS` lists, per scenario, sources that
+the scenario's recipe estimates with one stem (``radio``: radio-iq's ``secondary`` stem
+holds both secondary users, ``qpsk`` + ``ofdm``). The grouping is this explicit table,
+never a correlation.
 
 Stems to references (:func:`assign_stems`): a stem named like a reference is that
-reference's estimate (stems named like noise sources add up into ``noise``). When some
+reference's estimate, and stems named like the sources of a group add up into it
+(``emg`` + ``baseline`` into ``noise``, bandpass's ``qpsk`` + ``ofdm`` into ``secondary``). When some
 reference has no stem of its name, the stems left over are given to those references:
 one-to-one first, by the assignment maximising the total absolute correlation, then any
 further stem to the reference it correlates with most (so all stems still sum to the
@@ -68,7 +80,13 @@ NOISE = "noise"
 QUICK_ITEMS, FULL_ITEMS = 2, 5
 #: Signal length per item with ``quick``, seconds; the full run takes each scenario's default.
 #: ecg-wavelet's eight db4 levels need at least 6 s.
-QUICK_SECONDS = {"multitone": 2.0, "am": 2.0, "chirps": 2.0, "ecg-emg": 10.0, "speech-noise": 2.0, "music": 2.0}
+#: radio is 1 MHz I/Q: 20 ms is 20 000 samples, about 80 STFT frames of radio-iq's 256 bins.
+QUICK_SECONDS = {"multitone": 2.0, "am": 2.0, "chirps": 2.0, "ecg-emg": 10.0, "speech-noise": 2.0, "music": 2.0,
+                 "radio": 0.02, "radar-mti": 1.0}
+#: Scenario sources that one stem of the scenario's recipe estimates together, so they are
+#: scored as one reference, their sum: scenario -> {reference: sources}. radio-iq has one
+#: ``secondary`` stem for every secondary user (it finds them by energy, not by modulation).
+SOURCE_GROUPS: dict[str, dict[str, tuple[str, ...]]] = {"radio": {"secondary": ("qpsk", "ofdm")}}
 #: Recipe overrides with ``quick`` (fewer trust-region iterations), by recipe name.
 QUICK_OVERRIDES = {"audio-stft": ("hpss.fit.max_iter=10", "mel.fit.max_iter=8", "pitch.fit.max_iter=8")}
 #: The dropout-schedule ablation (DESIGN.md, "Dropout under the controller") runs here: cheap.
@@ -169,7 +187,11 @@ class MethodScores:
 
 @dataclass
 class ScenarioResult:
-    """All methods on one scenario; ``notes`` say how stems were mapped and what was left out."""
+    """All methods on one scenario; ``notes`` say how stems were mapped and what was left out.
+
+    ``groups`` maps each reference to the scenario sources whose sum it is
+    (:func:`reference_groups`); ``is_complex``: I/Q, scored as in the module docstring.
+    """
 
     scenario: str
     recipe: str
@@ -180,6 +202,8 @@ class ScenarioResult:
     overrides: tuple[str, ...]
     methods: list[MethodScores]
     notes: list[str] = field(default_factory=list)
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    is_complex: bool = False
 
     def method(self, name: str) -> MethodScores:
         for scores in self.methods:
@@ -244,45 +268,75 @@ def make_items(name: str, config: BenchConfig) -> list[Scenario]:
     ]
 
 
-def references(scenario: Scenario) -> dict[str, np.ndarray]:
-    """The sources scored: non-noise sources, then ``noise`` = the sum of the noise sources.
+def _float64(x: np.ndarray) -> np.ndarray:
+    """``x`` as float64, or complex128 when complex."""
+    return x.astype(np.complex128 if np.iscomplexobj(x) else np.float64)
+
+
+def reference_groups(name: str | None, scenario: Scenario) -> dict[str, tuple[str, ...]]:
+    """What is scored on scenario ``name``: reference -> the sources whose sum it is.
+
+    Each source is its own reference unless :data:`SOURCE_GROUPS` puts it in a group (none
+    for ``name=None``) or it is a noise source (``params["noise_sources"]``, all summed into
+    ``noise``). References come in the order of their first source, members in source order.
+    """
+    grouped = dict(SOURCE_GROUPS.get(name, {}))
+    if noise_sources := scenario.params.get("noise_sources"):
+        grouped[NOISE] = tuple(noise_sources)
+    owner = {source: group for group, members in grouped.items() for source in members}
+    unknown = sorted(set(owner) - set(scenario.sources))
+    if unknown:
+        raise ParameterError(f"scenario {name!r} has no source(s) {unknown} to group; it has {list(scenario.sources)}")
+    groups: dict[str, tuple[str, ...]] = {}
+    for source in scenario.sources:
+        group = owner.get(source, source)
+        groups[group] = groups.get(group, ()) + (source,)
+    return groups
+
+
+def references(scenario: Scenario, groups: Mapping[str, tuple[str, ...]] | None = None) -> dict[str, np.ndarray]:
+    """The references scored: each the sum of its group's sources.
+
+    ``groups`` comes from :func:`reference_groups`; by default each source alone, the noise
+    sources summed into ``noise`` (no :data:`SOURCE_GROUPS`).
 
     Returns:
-        reference name -> ``(channel, time)`` float64.
+        reference name -> ``(channel, time)`` float64 (complex128 for I/Q scenarios).
     """
-    noise_sources = scenario.params.get("noise_sources", [])
-    refs = {k: v.astype(np.float64) for k, v in scenario.sources.items() if k not in noise_sources}
-    if noise_sources:
-        refs[NOISE] = sum(scenario.sources[k].astype(np.float64) for k in noise_sources)
-    return refs
+    groups = reference_groups(None, scenario) if groups is None else groups
+    return {name: sum(_float64(scenario.sources[k]) for k in members) for name, members in groups.items()}
 
 
 def _correlation(a: np.ndarray, b: np.ndarray) -> float:
-    norm = math.sqrt(float(np.sum(a * a)) * float(np.sum(b * b)))
-    return abs(float(np.sum(a * b))) / norm if norm > 0 else 0.0
+    norm = math.sqrt(float(np.vdot(a, a).real) * float(np.vdot(b, b).real))
+    return abs(complex(np.vdot(a, b))) / norm if norm > 0 else 0.0
 
 
 def assign_stems(
-    stems: Mapping[str, np.ndarray], refs: Mapping[str, np.ndarray], *, noise_sources=()
+    stems: Mapping[str, np.ndarray], refs: Mapping[str, np.ndarray], *,
+    groups: Mapping[str, tuple[str, ...]] | None = None,
 ) -> tuple[dict[str, np.ndarray], list[str]]:
     """Map a method's stems onto the references (rules in the module docstring).
 
     Args:
-        stems: stem name -> ``(channel, time)``.
+        stems: stem name -> ``(channel, time)``, real or complex.
         refs: reference name -> ``(channel, time)``.
-        noise_sources: stem names that add up into the ``noise`` reference.
+        groups: reference -> the source names whose stems add up into it (the
+            ``noise`` sources, :data:`SOURCE_GROUPS`); a stem named like the reference
+            itself goes there too.
 
     Returns:
-        ``(estimates, mapping)``: reference name -> ``(channel, time)`` estimate (zeros for a
-        reference no stem reached, which scores NaN), and ``"stem->reference"`` for every
-        stem mapped by correlation.
+        ``(estimates, mapping)``: reference name -> ``(channel, time)`` estimate, float64 or
+        complex128 (zeros for a reference no stem reached, which scores NaN), and
+        ``"stem->reference"`` for every stem mapped by correlation.
     """
     from scipy.optimize import linear_sum_assignment
 
+    owner = {source: ref for ref, members in (groups or {}).items() if ref in refs for source in members}
     estimates: dict[str, np.ndarray] = {}
     leftover = []
     for name, stem in stems.items():
-        target = NOISE if name in noise_sources and NOISE in refs else name
+        target = owner.get(name, name)
         if target in refs:
             estimates[target] = estimates.get(target, 0) + stem
         else:
@@ -297,12 +351,41 @@ def assign_stems(
             s = paired.get(k, int(np.argmax(corr[k])))
             estimates[missing[s]] = estimates.get(missing[s], 0) + stems[name]
             mapping.append(f"{name}->{missing[s]}")
-    like = next(iter(refs.values()))
-    return {name: np.asarray(estimates.get(name, np.zeros_like(like)), dtype=np.float64) for name in refs}, mapping
+    like = _float64(next(iter(refs.values())))
+    return {name: _float64(np.asarray(estimates.get(name, np.zeros_like(like)))) for name in refs}, mapping
+
+
+def complex_si_sdr(estimate: Tensor, reference: Tensor) -> Tensor:
+    """SI-SDR of complex signals with a complex scale ``a = <e, r> / ||r||^2``, dB.
+
+    ``10 log10(|<e, r>|^2 / (||e||^2 ||r||^2 - |<e, r>|^2))``: invariant to any complex
+    gain of the estimate (its phase too), and equal to the real SI-SDR for real signals.
+    Computed as :func:`demux.metrics.si_sdr` of ``[real, imag]`` joined along time after
+    the estimate is rotated by the phase of ``<e, r>`` (which makes the best complex scale
+    real), so the metrics' 80 dB cap, NaN for silence and warnings carry over.
+
+    Args:
+        estimate, reference: ``(..., S, T)`` complex.
+
+    Returns:
+        ``(..., S)`` dB.
+    """
+    inner = (estimate * reference.conj()).sum(dim=-1, keepdim=True)
+    phase = torch.where(inner == 0, torch.ones_like(inner), torch.sgn(inner))
+    aligned = estimate * phase.conj()
+    return si_sdr(torch.cat([aligned.real, aligned.imag], dim=-1), torch.cat([reference.real, reference.imag], dim=-1))
+
+
+def _real_channels(x: Tensor) -> Tensor:
+    """``(C, S, T)`` -> ``(2C, S, T)`` ``[real; imag]`` channels for complex ``x`` (as ``demux evaluate`` reads I/Q)."""
+    return torch.cat([x.real, x.imag]) if x.is_complex() else x
 
 
 def score(refs: Mapping[str, np.ndarray], estimates: Mapping[str, np.ndarray]) -> dict[str, list[float]]:
     """BSS-Eval v3 (fast engine, labelled) and SI-SDR of each reference, mean over channels.
+
+    Complex (I/Q) signals: BSS-Eval of the real and imaginary parts as two channels each,
+    and :func:`complex_si_sdr` per complex channel.
 
     An all-zero estimate of a non-silent reference channel scores SDR = SI-SDR = -inf (no
     part of the target is recovered; the metrics themselves say NaN, which a median would
@@ -314,13 +397,18 @@ def score(refs: Mapping[str, np.ndarray], estimates: Mapping[str, np.ndarray]) -
     Returns:
         metric -> one value per reference (in ``refs`` order), dB.
     """
-    ref = torch.from_numpy(np.stack([refs[k] for k in refs]).astype(np.float64)).movedim(1, 0)  # (C, S, T)
-    est = torch.from_numpy(np.stack([estimates[k] for k in refs]).astype(np.float64)).movedim(1, 0)
-    result = bss_eval(ref, est, engine="fast", permutation=False)
-    values = {"sdr": result.sdr, "sir": result.sir, "sar": result.sar, "si_sdr": si_sdr(est, ref)}
-    missed = (est == 0).all(dim=-1) & ~(ref == 0).all(dim=-1)  # (C, S)
-    for metric in ("sdr", "si_sdr"):
-        values[metric] = values[metric].masked_fill(missed, -math.inf)
+    ref = torch.from_numpy(np.stack([_float64(refs[k]) for k in refs])).movedim(1, 0)  # (C, S, T)
+    est = torch.from_numpy(np.stack([_float64(estimates[k]) for k in refs])).movedim(1, 0)
+    bss_ref, bss_est = _real_channels(ref), _real_channels(est)
+    result = bss_eval(bss_ref, bss_est, engine="fast", permutation=False)
+    values = {"sdr": result.sdr, "sir": result.sir, "sar": result.sar,
+              "si_sdr": complex_si_sdr(est, ref) if est.is_complex() else si_sdr(est, ref)}
+
+    def missed(e: Tensor, r: Tensor) -> Tensor:  # (C, S)
+        return (e == 0).all(dim=-1) & ~(r == 0).all(dim=-1)
+
+    values["sdr"] = values["sdr"].masked_fill(missed(bss_est, bss_ref), -math.inf)
+    values["si_sdr"] = values["si_sdr"].masked_fill(missed(est, ref), -math.inf)
     # NaN-aware mean over channels: a silent channel does not hide the others
     return {m: torch.nanmean(v, dim=0).tolist() for m, v in values.items()}
 
@@ -379,22 +467,27 @@ def _declared_bands(scenario: Scenario) -> dict[str, tuple[float, float]]:
     return {name: (float(lo), float(hi)) for name, (lo, hi) in scenario.params["bands"].items()}
 
 
-def baselines_for(scenario: Scenario, recipe: Recipe, *, seed: int) -> tuple[dict[str, Method], list[str]]:
+def baselines_for(scenario: Scenario, recipe: Recipe, *, seed: int,
+                  groups: Mapping[str, tuple[str, ...]]) -> tuple[dict[str, Method], list[str]]:
     """The non-oracle baselines that apply to ``scenario``, and why the others do not.
 
-    - ``bandpass`` and ``nmf``: when the scenario declares bands (``params["bands"]``),
-      which both are given;
+    - ``bandpass``: when the scenario declares bands (``params["bands"]``), which it is
+      given (complex baseband too: radio's users, radar-mti's clutter band);
+    - ``nmf``: declared bands and a real signal (its STFT is one-sided);
     - ``hpss``: when the recipe's first stage is an STFT (time-varying audio);
     - ``ecg-bandpass`` and ``wavelet``: biomedical recipes;
-    - ``fastica``: at least two channels and as many as references.
+    - ``mti-canceller``: radar recipes (slow time), 3 pulses;
+    - ``fastica``: at least two channels and as many as references (``groups``).
     """
-    refs = references(scenario)
     channels = scenario.mixture.shape[0]
     chosen: dict[str, Method] = {}
     left_out = []
     if scenario.params.get("bands"):
         chosen["bandpass"] = _baseline("bandpass", bands=_declared_bands)
-        chosen["nmf"] = _baseline("nmf", bands=_declared_bands, seed=seed)
+        if scenario.is_complex:
+            left_out.append("nmf: real signals only (a one-sided STFT)")
+        else:
+            chosen["nmf"] = _baseline("nmf", bands=_declared_bands, seed=seed)
     else:
         left_out.append("bandpass, nmf: the scenario declares no bands")
     if recipe.stages[0].transform.type == "stft":
@@ -402,18 +495,22 @@ def baselines_for(scenario: Scenario, recipe: Recipe, *, seed: int) -> tuple[dic
     if recipe.domain == "biomedical":
         chosen["ecg-bandpass"] = _baseline("ecg-bandpass")
         chosen["wavelet"] = _baseline("wavelet")
-    if 2 <= channels and len(refs) <= channels:
-        chosen["fastica"] = _baseline("fastica", n_sources=len(refs), seed=seed)
+    if recipe.domain == "radar":
+        chosen["mti-canceller"] = _baseline("mti-canceller")
+    if 2 <= channels and len(groups) <= channels:
+        chosen["fastica"] = _baseline("fastica", n_sources=len(groups), seed=seed)
     elif channels >= 2:
-        left_out.append(f"fastica: {channels} channels for {len(refs)} sources")
+        left_out.append(f"fastica: {channels} channels for {len(groups)} sources")
     return chosen, left_out
 
 
-def _oracle(name: str) -> Method:
+def _oracle(name: str, groups: Mapping[str, tuple[str, ...]]) -> Method:
+    """Oracle ``name`` from the references (``groups``) on the recipe's first-stage transform."""
+
     def run(mixture: Tensor, scenario: Scenario, recipe: Recipe) -> dict[str, Tensor]:
         stage = recipe.stages[0]
         transform = build_transform(stage.transform.type, scenario.sample_rate, **stage.transform.params)
-        refs = {k: torch.from_numpy(v)[None] for k, v in references(scenario).items()}
+        refs = {k: torch.from_numpy(v)[None] for k, v in references(scenario, groups).items()}
         return BASELINES[name](mixture, scenario.sample_rate, references=refs, transform=transform)
 
     return run
@@ -425,8 +522,6 @@ def _oracle(name: str) -> Method:
 def _skip_reason(scenario: Scenario) -> str | None:
     if scenario.recipe not in builtin_names():
         return f"no recipe yet (its recipe '{scenario.recipe}' is not shipped)"
-    if scenario.is_complex:
-        return "complex IQ; the shipped recipes handle real signals only"
     return None
 
 
@@ -434,7 +529,7 @@ def _timed(method: Callable[[], dict[str, Tensor]]) -> tuple[dict[str, np.ndarra
     start = time.perf_counter()
     stems = method()
     seconds = time.perf_counter() - start
-    return {k: v.detach().cpu().numpy().reshape(v.shape[-2:]).astype(np.float64) for k, v in stems.items()}, seconds
+    return {k: _float64(v.detach().cpu().numpy().reshape(v.shape[-2:])) for k, v in stems.items()}, seconds
 
 
 def _score_item(scores: MethodScores, item: int, refs, estimates, notes: list[str], where: str) -> None:
@@ -452,19 +547,19 @@ def _score_item(scores: MethodScores, item: int, refs, estimates, notes: list[st
 
 
 def _run_method(name: str, kind: str, method: Method | None, items: list[Scenario], recipes: list[Recipe],
-                notes: list[str]) -> MethodScores:
-    """Run and score ``method`` on every item (``None``: the mixture itself)."""
+                groups: Mapping[str, tuple[str, ...]], notes: list[str]) -> MethodScores:
+    """Run and score ``method`` on every item (``None``: the mixture itself) against ``groups``' references."""
     scores = MethodScores(name, kind, signal_seconds=items[0].mixture.shape[-1] / items[0].sample_rate)
     mappings: dict[str, int] = {}
     for i, (scenario, recipe) in enumerate(zip(items, recipes)):
-        refs = references(scenario)
+        refs = references(scenario, groups)
         mixture = torch.from_numpy(scenario.mixture)[None]
         if method is None:
-            estimates = {k: scenario.mixture.astype(np.float64) for k in refs}
+            estimates = {k: _float64(scenario.mixture) for k in refs}
         else:
             stems, seconds = _timed(lambda: method(mixture, scenario, recipe))
             scores.seconds.append(seconds)
-            estimates, mapping = assign_stems(stems, refs, noise_sources=scenario.params.get("noise_sources", ()))
+            estimates, mapping = assign_stems(stems, refs, groups=groups)
             for m in mapping:
                 mappings[m] = mappings.get(m, 0) + 1
         _score_item(scores, i, refs, estimates, notes, f"{name}, item {i}")
@@ -473,15 +568,29 @@ def _run_method(name: str, kind: str, method: Method | None, items: list[Scenari
     return scores
 
 
-def _plan(items: list[Scenario], config: BenchConfig) -> tuple[list[Recipe], tuple[str, ...], dict, list[str]]:
+@dataclass
+class _Plan:
+    """What runs on one scenario: its items, their recipes, the references and the methods."""
+
+    name: str
+    items: list[Scenario]
+    recipes: list[Recipe]
+    overrides: tuple[str, ...]  # distinct, over the items
+    groups: dict[str, tuple[str, ...]]
+    methods: dict[str, tuple[str, Method | None]]  # name -> (kind, method)
+    left_out: list[str]
+
+
+def _plan(name: str, items: list[Scenario], config: BenchConfig) -> _Plan:
     recipes, overrides = zip(*(recipe_for(s, config) for s in items))
+    groups = reference_groups(name, items[0])
     methods: dict[str, tuple[str, Method | None]] = {"demux": ("demux", _demux(config.seed))}
-    baselines, left_out = baselines_for(items[0], recipes[0], seed=config.seed)
-    methods |= {name: ("baseline", fn) for name, fn in baselines.items()}
-    methods |= {name: ("oracle", _oracle(name)) for name in ORACLES}
+    baselines, left_out = baselines_for(items[0], recipes[0], seed=config.seed, groups=groups)
+    methods |= {method: ("baseline", fn) for method, fn in baselines.items()}
+    methods |= {method: ("oracle", _oracle(method, groups)) for method in ORACLES}
     methods["mixture"] = ("floor", None)
     distinct = tuple(dict.fromkeys(o for per_item in overrides for o in per_item))
-    return list(recipes), distinct, methods, left_out
+    return _Plan(name, items, list(recipes), distinct, groups, methods, left_out)
 
 
 def _ablation(items: list[Scenario], config: BenchConfig, step: Callable[[str], None]) -> list[AblationRow]:
@@ -493,7 +602,8 @@ def _ablation(items: list[Scenario], config: BenchConfig, step: Callable[[str], 
             shipped = load_recipe(scenario.recipe)
             extra = tuple(f"{stage.name}.fit.dropout_schedule={schedule}" for stage in shipped.stages)
             recipes.append(recipe_for(scenario, config, extra)[0])
-        scores = _run_method(schedule, "demux", _demux(config.seed), items, recipes, [])
+        groups = reference_groups(ABLATION_SCENARIO, items[0])
+        scores = _run_method(schedule, "demux", _demux(config.seed), items, recipes, groups, [])
         rows.append(AblationRow(schedule, scores.median("sdr"), scores.median("si_sdr"), scores.real_time_factor))
     return rows
 
@@ -524,8 +634,8 @@ def _load_engine_speed() -> Callable[[bool], list[dict]] | None:
 def run_bench(config: BenchConfig, *, on_progress: Progress | None = None) -> BenchResult:
     """Run the benchmark described by ``config`` with ``config.threads`` torch threads.
 
-    Scenarios that cannot run are skipped with the reason (no shipped recipe, complex IQ,
-    recordings not present); every other error propagates.
+    Scenarios that cannot run are skipped with the reason (no shipped recipe, recordings
+    not present); every other error propagates.
 
     Returns:
         A :class:`BenchResult`; ``on_progress(done, total, label)`` is called before each
@@ -542,7 +652,7 @@ def run_bench(config: BenchConfig, *, on_progress: Progress | None = None) -> Be
 
 def _run(config: BenchConfig, on_progress: Progress | None) -> BenchResult:
     result = BenchResult(config=config, date=datetime.date.today().isoformat(), machine=machine())
-    planned = []
+    planned: list[_Plan] = []
     for name in config.names:
         try:
             items = make_items(name, config)
@@ -553,15 +663,16 @@ def _run(config: BenchConfig, on_progress: Progress | None) -> BenchResult:
         if reason:
             result.skipped.append((name, reason))
             continue
-        planned.append((name, items, *_plan(items, config)))
+        planned.append(_plan(name, items, config))
     ablation_items = None
     if config.ablation:
-        ablation_items = next((p[1] for p in planned if p[0] == ABLATION_SCENARIO), None)
+        ablation_items = next((p.items for p in planned if p.name == ABLATION_SCENARIO), None)
         ablation_items = ablation_items or make_items(ABLATION_SCENARIO, config)
     engine_speed = _load_engine_speed() if config.engine_speed else None
     if config.engine_speed and engine_speed is None:
         result.notes.append(f"BSS-Eval engine speed not measured: {BENCH_METRICS} is not here (run from a checkout)")
-    total = sum(len(p[4]) for p in planned) + (len(SCHEDULES) if config.ablation else 0) + (engine_speed is not None)
+    total = sum(len(p.methods) for p in planned) + (len(SCHEDULES) if config.ablation else 0)
+    total += engine_speed is not None
     done = 0
 
     def step(label: str) -> None:
@@ -570,22 +681,25 @@ def _run(config: BenchConfig, on_progress: Progress | None) -> BenchResult:
             on_progress(done, total, label)
         done += 1
 
-    for name, items, recipes, overrides, methods, left_out in planned:
-        notes = list(left_out)
+    for plan in planned:
+        first = plan.items[0]
         scenario_result = ScenarioResult(
-            scenario=name,
-            recipe=items[0].recipe,
-            items=len(items),
-            signal_seconds=items[0].mixture.shape[-1] / items[0].sample_rate,
-            sample_rate=items[0].sample_rate,
-            references=list(references(items[0])),
-            overrides=overrides,
+            scenario=plan.name,
+            recipe=first.recipe,
+            items=len(plan.items),
+            signal_seconds=first.mixture.shape[-1] / first.sample_rate,
+            sample_rate=first.sample_rate,
+            references=list(plan.groups),
+            overrides=plan.overrides,
             methods=[],
-            notes=notes,
+            notes=list(plan.left_out),
+            groups=plan.groups,
+            is_complex=first.is_complex,
         )
-        for method, (kind, fn) in methods.items():
-            step(f"{name}: {method}")
-            scenario_result.methods.append(_run_method(method, kind, fn, items, recipes, notes))
+        for method, (kind, fn) in plan.methods.items():
+            step(f"{plan.name}: {method}")
+            scenario_result.methods.append(
+                _run_method(method, kind, fn, plan.items, plan.recipes, plan.groups, scenario_result.notes))
         result.scenarios.append(scenario_result)
     if ablation_items is not None:
         result.ablation = _ablation(ablation_items, config, step)
@@ -676,6 +790,15 @@ def rich_tables(result: BenchResult) -> list:
     return tables
 
 
+def _reference_list(scenario: ScenarioResult) -> str:
+    """``primary, secondary (= qpsk + ofdm), noise``: a reference summing other sources says which."""
+    def one(name: str) -> str:
+        members = scenario.groups.get(name, (name,))
+        return name if tuple(members) == (name,) else f"{name} (= {' + '.join(members)})"
+
+    return ", ".join(one(name) for name in scenario.references)
+
+
 def _markdown_table(header, rows) -> str:
     def line(cells) -> str:
         return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
@@ -699,14 +822,20 @@ def markdown(result: BenchResult) -> str:
         "wall seconds per second of signal, median over items (the mixture takes no time). `beats all baselines?` "
         "is yes when demux's median SDR is above every applicable baseline's and the mixture's.",
     ]
+    if any(s.is_complex for s in result.scenarios):
+        parts += ["", "Complex (I/Q) scenarios: BSS-Eval scores the real and imaginary parts as two channels and "
+                  "averages them (the convention of `demux evaluate`, which reads a complex stem as its [real, imag] "
+                  "channels); SI-SDR is the complex SI-SDR, 10 log10(|<e,r>|^2 / (||e||^2 ||r||^2 - |<e,r>|^2)), "
+                  "whose scale is a complex gain (a phase rotation costs nothing). Oracles use the recipe's two-sided "
+                  "transform."]
     if config.quick:
         parts += ["", "Quick run: 2 short items per scenario; audio-stft with fewer trust-region iterations "
                   f"({', '.join(QUICK_OVERRIDES['audio-stft'])}). Not the full benchmark."]
     parts += ["", "## Summary", "", _markdown_table(SUMMARY_COLUMNS, summary_rows(result))]
     for s in result.scenarios:
         parts += ["", f"## {s.scenario}", "",
-                  f"Recipe `{s.recipe}`; {s.items} item(s) of {s.signal_seconds:g} s at {s.sample_rate:g} Hz; "
-                  f"references: {', '.join(s.references)}."]
+                  f"Recipe `{s.recipe}`; {s.items} item(s) of {s.signal_seconds:g} s at {s.sample_rate:g} Hz"
+                  f"{', complex I/Q' if s.is_complex else ''}; references: {_reference_list(s)}."]
         if s.overrides:
             parts += [f"Recipe overrides: {', '.join(f'`{o}`' for o in s.overrides)}."]
         parts += ["", _markdown_table(METHOD_COLUMNS, method_rows(s))]
@@ -745,8 +874,10 @@ __all__ = [
     "assign_stems",
     "band_overrides",
     "baselines_for",
+    "complex_si_sdr",
     "make_items",
     "markdown",
+    "reference_groups",
     "references",
     "results_path",
     "rich_tables",

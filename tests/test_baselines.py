@@ -4,7 +4,9 @@ Floors (SI-SDR unless stated), on problems whose answer is known:
 oracle IRM / IBM / Wiener on multitone > 20 dB per source; band-pass on the multitone's
 disjoint bands > 15 dB; NMF (KL) on AM carriers > 12 dB; HPSS on tone + clicks: harmonic
 > 20 dB, percussive > 5 dB; FastICA on an instantaneous 2x2 mixture: |corr| > 0.99 up to
-permutation; wavelet shrinkage of a real ECG in white noise at 0 dB: output SNR > 2 dB.
+permutation; wavelet shrinkage of a real ECG in white noise at 0 dB: output SNR > 2 dB;
+oracles on two complex tones at +120 / -200 Hz: error < -20 dB per tone; the MTI canceller:
+a constant (zero Doppler) below -60 dB, tones at the documented gain sin(pi f / PRF)^(pulses - 1).
 """
 
 from __future__ import annotations
@@ -97,6 +99,79 @@ def test_oracle_on_a_batch_equals_items_alone(multitone):
     alone = baselines.oracle_wiener(other, 8000.0, references=other_refs)
     for k in references:
         torch.testing.assert_close(batch[k][1:], alone[k], atol=1e-6, rtol=0)
+
+
+def _complex_tones(fs: float = 1000.0, n: int = 4000):
+    t = torch.arange(n, dtype=torch.float64) / fs
+    up, down = torch.exp(2j * math.pi * 120 * t), 0.5 * torch.exp(-2j * math.pi * 200 * t + 1.0)
+    as_signal = lambda x: x.to(torch.complex64)[None, None]  # noqa: E731
+    return fs, as_signal(up + down), {"up": as_signal(up), "down": as_signal(down)}
+
+
+def _error_db(estimate: torch.Tensor, truth: torch.Tensor) -> float:
+    estimate, truth = estimate.to(torch.complex128), truth.to(torch.complex128)
+    return float(10 * torch.log10((estimate - truth).abs().square().sum() / truth.abs().square().sum()))
+
+
+@pytest.mark.parametrize("name", ORACLES)
+@pytest.mark.parametrize("transform", ["default", "cfft"])
+def test_oracles_on_complex_baseband_keep_negative_frequencies(name, transform):
+    from demux.transforms.fft import ComplexFFT
+
+    fs, mixture, references = _complex_tones()
+    options = {} if transform == "default" else {"transform": ComplexFFT(fs)}  # default: a two-sided STFT
+    stems = BASELINES[name](mixture, fs, references=references, **options)
+    assert list(stems) == ["up", "down"]
+    _assert_sums_to_mixture(stems, mixture)
+    for key, truth in references.items():
+        assert _error_db(stems[key], truth) < -20.0, (key, _error_db(stems[key], truth))
+
+
+def test_oracle_on_a_two_sided_transform_of_a_real_mixture_gives_real_stems(multitone):
+    from demux.transforms.fft import ComplexFFT
+
+    mixture, references = _tensors(multitone)
+    stems = baselines.oracle_irm(mixture, 8000.0, references=references, transform=ComplexFFT(8000.0))
+    _assert_sums_to_mixture(stems, mixture)  # real float32 stems, as the mixture
+    scores = _scores(stems, references)
+    assert min(scores.values()) > 20.0, scores
+
+
+def test_oracles_refuse_a_one_sided_transform_for_complex_input():
+    from demux.transforms.fft import FFT
+
+    fs, mixture, references = _complex_tones()
+    with pytest.raises(ParameterError, match="two-sided"):
+        baselines.oracle_irm(mixture, fs, references=references, transform=FFT(fs))
+
+
+def test_mti_canceller_cancels_zero_doppler_and_sums_to_the_mixture():
+    rng = np.random.default_rng(5)
+    constant = torch.full((2, 1, 500), complex(3.0, -1.5), dtype=torch.complex64)
+    stems = baselines.mti_canceller(constant, 2000.0)
+    assert list(stems) == ["clutter", "targets"]
+    _assert_sums_to_mixture(stems, constant, atol=1e-6)
+    residual_db = 10 * math.log10(float(stems["targets"].abs().square().sum()) / float(constant.abs().square().sum())
+                                  + 1e-300)
+    assert residual_db < -60.0, residual_db
+    noisy = torch.tensor(rng.standard_normal((1, 2, 300)) + 1j * rng.standard_normal((1, 2, 300)),
+                         dtype=torch.complex64)
+    _assert_sums_to_mixture(baselines.mti_canceller(noisy, 2000.0, pulses=5), noisy, atol=1e-5)
+
+
+@pytest.mark.parametrize("pulses", [3, 5])
+@pytest.mark.parametrize("doppler", [0.25, 0.5, -0.125])  # fractions of the PRF
+def test_mti_canceller_passes_tones_with_the_documented_gain(pulses, doppler):
+    prf, n = 2000.0, 400
+    tone = torch.exp(2j * math.pi * doppler * torch.arange(n, dtype=torch.float64))[None, None]
+    stems = baselines.mti_canceller(tone.to(torch.complex64), prf, pulses=pulses)
+    gain = math.sin(math.pi * doppler) ** (pulses - 1)  # PRF/4, 3 pulses: 1/2 (-6.02 dB)
+    edge = (pulses - 1) // 2  # pulses that see the repeated edge pulse
+    interior = slice(edge, n - edge)
+    torch.testing.assert_close(stems["targets"][..., interior].to(torch.complex128), gain * tone[..., interior],
+                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(stems["clutter"][..., interior].to(torch.complex128), (1 - gain) * tone[..., interior],
+                               atol=1e-6, rtol=0)
 
 
 def test_bandpass_on_disjoint_bands(multitone):
@@ -207,6 +282,8 @@ def test_wavelet_shrinkage_improves_the_snr_of_a_noisy_ecg(monkeypatch):
         (lambda x: baselines.wavelet_denoise(x, 8000.0, wavelet="nope"), "wavelet"),
         (lambda x: baselines.hpss(x[0], 8000.0), r"\(batch, channel, time\)"),
         (lambda x: baselines.hpss(x.to(torch.complex64), 8000.0), "real mixture"),
+        (lambda x: baselines.mti_canceller(x, 2000.0, pulses=2), "odd integer >= 3"),
+        (lambda x: baselines.mti_canceller(x, 2000.0, pulses=True), "odd integer >= 3"),
     ],
 )
 def test_bad_arguments_raise_parameter_errors(call, message):

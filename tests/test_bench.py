@@ -1,8 +1,8 @@
 """The benchmark harness: its table, its scoring, the stem mapping, the file and the CLI.
 
-One tiny run (multitone, 1 item, quick, with the ablation) is shared by the module; no
-test asserts that demux beats a baseline (that is what the benchmark measures, not a
-property of the harness).
+One tiny run (multitone, 1 item, quick, with the ablation) and one complex I/Q run
+(radar-mti, 1 item) are shared by the module; no test asserts that demux beats a
+baseline (that is what the benchmark measures, not a property of the harness).
 """
 
 from __future__ import annotations
@@ -20,14 +20,18 @@ from conftest import si_sdr_db
 from demux.bench import (
     METHOD_COLUMNS,
     SCHEDULES,
+    SOURCE_GROUPS,
     SUMMARY_COLUMNS,
     BenchConfig,
     MethodScores,
     ScenarioResult,
     assign_stems,
     band_overrides,
+    complex_si_sdr,
     make_items,
     markdown,
+    reference_groups,
+    references,
     results_path,
     rich_tables,
     run_bench,
@@ -36,9 +40,10 @@ from demux.bench import (
 from demux.errors import OutputExistsError, ParameterError
 from demux.metrics import bss_eval
 from demux.recipe import load_recipe
-from demux.synth import Scenario
+from demux.synth import Scenario, make
 
 CONFIG = BenchConfig(scenarios=("multitone",), quick=True, items=1, engine_speed=False)
+RADAR = BenchConfig(scenarios=("radar-mti",), quick=True, items=1, ablation=False, engine_speed=False)
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +162,7 @@ def test_assign_stems_by_name_noise_and_correlation():
     refs = {"ecg": _tone(5.0), "noise": _tone(300.0) + _tone(900.0)}
     # stems named like noise sources add up into the noise reference
     est, mapping = assign_stems({"ecg": _tone(5.0), "emg": _tone(300.0), "baseline": _tone(900.0)}, refs,
-                                noise_sources=("emg", "baseline"))
+                                groups={"ecg": ("ecg",), "noise": ("emg", "baseline")})
     np.testing.assert_allclose(est["noise"], refs["noise"])
     assert mapping == []
     # unnamed stems: one-to-one by correlation, whatever their order
@@ -199,12 +204,10 @@ def test_band_overrides_only_where_the_recipe_band_misses():
     assert (band.lo, band.hi, band.edge) == (900.0, 1200.0, 20.0)
 
 
-def test_scenarios_without_a_recipe_or_complex_are_skipped_with_a_reason():
-    out = run_bench(BenchConfig(scenarios=("radio", "radar-mti"), items=1, ablation=False, engine_speed=False))
+def test_scenarios_without_a_recipe_are_skipped_with_a_reason():
+    out = run_bench(BenchConfig(scenarios=("array",), items=1, ablation=False, engine_speed=False))
     assert out.scenarios == []
-    reasons = dict(out.skipped)
-    assert "complex" in reasons["radio"]
-    assert "no recipe yet" in reasons["radar-mti"]
+    assert "no recipe yet" in dict(out.skipped)["array"]
 
 
 def test_config_rejects_unknown_scenarios_and_items():
@@ -217,11 +220,100 @@ def test_config_rejects_unknown_scenarios_and_items():
 def test_cli_writes_the_table_and_refuses_to_replace_it(tmp_path):
     from demux.cli import app
 
-    args = ["bench", "--scenario", "radio", "--items", "1", "--no-ablation", "--no-engine-speed", "-o", str(tmp_path)]
+    args = ["bench", "--scenario", "array", "--items", "1", "--no-ablation", "--no-engine-speed", "-o", str(tmp_path)]
     first = CliRunner().invoke(app, args)
     assert first.exit_code == 0, first.output
     (written,) = tmp_path.iterdir()
-    assert written.suffix == ".md" and "radio: complex IQ" in written.read_text()
+    assert written.suffix == ".md" and "array: no recipe yet" in written.read_text()
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 2 and "exists" in again.output
     assert CliRunner().invoke(app, [*args, "--overwrite"]).exit_code == 0
+
+
+# --------------------------------------------------------------------------- complex I/Q
+
+
+@pytest.fixture(scope="module")
+def radar():
+    (scenario,) = run_bench(RADAR).scenarios
+    return scenario
+
+
+def test_complex_table_has_the_radar_methods_and_finite_numbers(radar):
+    assert [m.method for m in radar.methods] == [
+        "demux", "bandpass", "mti-canceller", "oracle-irm", "oracle-ibm", "oracle-wiener", "mixture"
+    ]
+    assert radar.is_complex and radar.references == ["clutter", "targets", "noise"]
+    assert any("nmf: real signals only" in note for note in radar.notes)
+    for method in radar.methods:
+        assert method.labels == [(0, r) for r in radar.references]
+        # bandpass and mti-canceller have no noise stem: their noise is scored -inf (by design)
+        scored = radar.references if method.kind in ("demux", "oracle", "floor") else ["clutter", "targets"]
+        for metric in ("sdr", "si_sdr"):
+            values = dict(zip(radar.references, method.values[metric]))
+            assert all(np.isfinite(values[r]) for r in scored), (method.method, metric, values)
+
+
+def test_complex_markdown_says_how_iq_is_scored(result, radar):
+    text = markdown(dataclasses.replace(result, scenarios=[radar]))
+    assert "2000 Hz, complex I/Q; references: clutter, targets, noise." in text
+    assert "as two channels" in text and "complex SI-SDR" in text
+    assert "complex SI-SDR" not in markdown(result)  # only where a scenario is complex
+
+
+def test_complex_oracle_is_the_ceiling(radar):
+    best_oracle = max(m.median("sdr") for m in radar.methods if m.kind == "oracle")
+    for method in radar.methods:
+        if method.kind != "oracle":
+            assert best_oracle >= method.median("sdr"), method.method
+
+
+def test_complex_mixture_row_is_the_mixture_scored_directly(radar):
+    (item,) = make_items("radar-mti", RADAR)
+    refs = np.stack([item.sources[name][0] for name in radar.references]).astype(np.complex128)  # (S, T)
+    mix = np.broadcast_to(item.mixture[0].astype(np.complex128), refs.shape).copy()
+    # BSS-Eval: real and imaginary parts as two channels, the dB values averaged
+    real, imag = (bss_eval(torch.from_numpy(part(refs)), torch.from_numpy(part(mix)), permutation=False)
+                  for part in (np.real, np.imag))
+    row = radar.method("mixture")
+    np.testing.assert_allclose(row.values["sdr"], (real.sdr + imag.sdr).numpy() / 2, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(row.values["sir"], (real.sir + imag.sir).numpy() / 2, rtol=0, atol=1e-9)
+    # complex SI-SDR from |<r, e>|^2
+    inner = np.abs(np.sum(refs.conj() * mix, axis=1)) ** 2
+    rho2 = inner / (np.sum(np.abs(refs) ** 2, axis=1) * np.sum(np.abs(mix) ** 2, axis=1))
+    np.testing.assert_allclose(row.values["si_sdr"], 10 * np.log10(rho2 / (1 - rho2)), rtol=0, atol=1e-6)
+
+
+def test_complex_si_sdr_ignores_a_complex_gain_and_matches_the_real_one():
+    rng = np.random.default_rng(3)
+    ref = torch.from_numpy(rng.standard_normal((2, 500)) + 1j * rng.standard_normal((2, 500)))
+    est = ref + 0.1 * torch.from_numpy(rng.standard_normal((2, 500)) + 1j * rng.standard_normal((2, 500)))
+    value = complex_si_sdr(est, ref)
+    torch.testing.assert_close(complex_si_sdr(est * (2.0 * np.exp(1j * 2.5)), ref), value, atol=1e-9, rtol=0)
+    inner = (est * ref.conj()).sum(-1).abs() ** 2
+    expected = 10 * torch.log10(inner / ((est.abs() ** 2).sum(-1) * (ref.abs() ** 2).sum(-1) - inner))
+    torch.testing.assert_close(value, expected, atol=1e-9, rtol=0)
+    assert float(value.min()) > 15.0  # about 20 dB of added noise
+    real_est, real_ref = est.real.contiguous(), ref.real.contiguous()
+    direct = [si_sdr_db(real_est[k], real_ref[k]) for k in range(2)]
+    as_complex = complex_si_sdr(real_est.to(torch.complex128), real_ref.to(torch.complex128))
+    np.testing.assert_allclose(as_complex.numpy(), direct, rtol=0, atol=1e-9)
+
+
+def test_radio_scores_both_secondary_users_as_one_reference(monkeypatch):
+    item = make("radio", np.random.default_rng(0), seconds=0.002)
+    groups = reference_groups("radio", item)
+    assert groups == {"primary": ("primary",), "secondary": ("qpsk", "ofdm"), "noise": ("noise",)}
+    monkeypatch.setitem(SOURCE_GROUPS, "radio", {"secondary": ("qpsk", "fm")})
+    with pytest.raises(ParameterError, match=r"no source\(s\) \['fm'\]"):
+        reference_groups("radio", item)
+    refs = references(item, groups)
+    assert refs["secondary"].dtype == np.complex128
+    assert list(references(item)) == ["primary", "qpsk", "ofdm", "noise"]  # no SOURCE_GROUPS without a name
+    np.testing.assert_allclose(refs["secondary"], item.sources["qpsk"].astype(np.complex128) + item.sources["ofdm"])
+    # bandpass-like stems named by user add up into their group; the leftover goes by correlation
+    stems = {"primary": item.sources["primary"], "qpsk": item.sources["qpsk"], "ofdm": item.sources["ofdm"],
+             "residual": item.sources["noise"]}
+    est, mapping = assign_stems(stems, refs, groups=groups)
+    np.testing.assert_allclose(est["secondary"], refs["secondary"], rtol=0, atol=1e-6)
+    assert mapping == ["residual->noise"]
