@@ -102,12 +102,19 @@ def _silence_nan(value: Tensor, estimate: Tensor, reference: Tensor, what: str) 
     return value.masked_fill(silent_ref | silent_est, float("nan"))
 
 
+def _energy(x: Tensor, *, keepdim: bool = False) -> Tensor:
+    """``sum |x|^2`` over the last axis, real for real or complex ``x``."""
+    return (x.real.square() + x.imag.square() if x.is_complex() else x.square()).sum(dim=-1, keepdim=keepdim)
+
+
 def si_sdr(
     estimate: Tensor, reference: Tensor, *, zero_mean: bool = False, eps: float = 1e-8
 ) -> Tensor:
     """Scale-invariant SDR (Le Roux et al. 2019), dB.
 
-    ``10 log10(||a r||^2 / ||e - a r||^2)`` with ``a = <e, r> / ||r||^2``.
+    ``10 log10(||a r||^2 / ||e - a r||^2)`` with ``a = <e, r> / ||r||^2``. For complex
+    (I/Q) signals ``<e, r> = sum e conj(r)``, so a complex gain (a phase rotation too)
+    costs nothing.
 
     Args:
         estimate: ``(..., S, T)`` estimated sources.
@@ -124,10 +131,11 @@ def si_sdr(
         estimate = estimate - estimate.mean(dim=-1, keepdim=True)
         reference = reference - reference.mean(dim=-1, keepdim=True)
     estimate, reference = torch.broadcast_tensors(estimate, reference)
-    ref_energy = (reference * reference).sum(dim=-1, keepdim=True)
-    scale = (estimate * reference).sum(dim=-1, keepdim=True) / ref_energy.clamp_min(torch.finfo(reference.dtype).tiny)
+    ref_energy = _energy(reference, keepdim=True)
+    tiny = torch.finfo(ref_energy.dtype).tiny
+    scale = (estimate * reference.conj()).sum(dim=-1, keepdim=True) / ref_energy.clamp_min(tiny)
     target = scale * reference
-    value = _ratio_db((target * target).sum(dim=-1), ((estimate - target) ** 2).sum(dim=-1), eps)
+    value = _ratio_db(_energy(target), _energy(estimate - target), eps)
     return _silence_nan(value, estimate, reference, "si_sdr")
 
 

@@ -321,3 +321,19 @@ def test_trust_region_stability_counts_accepted_steps_within_radius():
     with pytest.warns(MetricWarning, match="no accepted step"):
         value = trust_region_stability({"mask_change": [0.1], "radius": [0.1], "accepted": [False]})
     assert np.isnan(value)
+
+
+def test_si_sdr_of_complex_signals_ignores_a_complex_gain():
+    g = torch.Generator().manual_seed(7)
+    def draw():
+        return torch.complex(*(torch.randn(2, 500, generator=g, dtype=torch.float64) for _ in range(2)))
+
+    reference, noise = draw(), draw()
+    estimate = reference + 0.1 * noise
+    rotated = (0.3 - 2.0j) * estimate
+    torch.testing.assert_close(si_sdr(rotated, reference), si_sdr(estimate, reference))
+    # against the formula written out with numpy's vdot (conjugates its first argument)
+    e, r = estimate[0].numpy(), reference[0].numpy()
+    target = np.vdot(r, e) / np.vdot(r, r) * r
+    expected = 10 * np.log10(np.sum(np.abs(target) ** 2) / np.sum(np.abs(e - target) ** 2))
+    assert float(si_sdr(estimate, reference)[0]) == pytest.approx(expected, abs=1e-9)
