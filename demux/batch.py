@@ -4,18 +4,24 @@ One item is ``read -> separate -> write stems -> write demux.json``. Every file 
 written under a temporary name and renamed, and ``demux.json`` is written last:
 it marks the item complete, so a batch that was killed resumes where it stopped
 (complete items are skipped, incomplete ones are redone and their leftover
-temporary files removed). :func:`run` processes items one after another or in
-worker processes (``jobs > 1``); in a batch a failing item does not stop the others.
+temporary files removed). :func:`run` processes items one after another, in
+worker processes (``jobs > 1``) or as tasks of a Dask cluster (``scheduler``); in a
+batch a failing item does not stop the others.
+
+Long inputs are cut into ``Options.segment``-second chunks, fitted
+``Options.batch_size`` at a time and cross-faded back (:func:`demux.pipeline.separate`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import platform
 import time
 from collections.abc import Callable, Iterable
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +34,8 @@ from demux.recipe import Recipe, to_dict
 PROVENANCE = "demux.json"
 MASKS = "masks.npz"
 FORMATS = ("wav", "flac", "npy")
+#: ``--scheduler`` value that starts a Dask ``LocalCluster`` of ``jobs`` worker processes here.
+LOCAL_SCHEDULER = "local"
 
 #: Input extensions a recipe's domain looks for in folders.
 DOMAIN_EXTENSIONS: dict[str, tuple[str, ...]] = {
@@ -70,10 +78,21 @@ class Options:
     rate: float | None = None  # sample rate for inputs that carry none (.npy, raw IQ)
     overwrite: bool = False
     overrides: tuple[str, ...] = ()
+    segment: float | None = 30.0  # seconds per chunk of a long input; None (or 0 when given): the whole file
+    overlap: float = 0.1  # the chunks' overlap, a fraction of ``segment``
+    batch_size: int = 1  # chunks fitted together (on CPU one at a time is fastest and flattest in memory)
 
     def __post_init__(self):
         if self.format is not None and self.format not in FORMATS:
             raise ParameterError(f"--format {self.format!r}: expected one of {', '.join(FORMATS)}")
+        if self.segment is not None and not (isinstance(self.segment, int | float) and 0 <= self.segment < math.inf):
+            raise ParameterError(f"--segment {self.segment!r}: expected seconds >= 0 (0: the whole file at once)")
+        if self.segment == 0:
+            object.__setattr__(self, "segment", None)  # one spelling of "whole file" in demux.json
+        if not (isinstance(self.overlap, int | float) and 0 <= self.overlap <= 0.5):
+            raise ParameterError(f"--overlap {self.overlap!r}: expected a fraction of the segment in [0, 0.5]")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ParameterError(f"--batch-size {self.batch_size!r}: expected an integer >= 1")
 
 
 def plan(paths: Iterable[str | Path], recipe: Recipe, out: Path) -> tuple[list[Item], bool]:
@@ -106,6 +125,25 @@ def plan(paths: Iterable[str | Path], recipe: Recipe, out: Path) -> tuple[list[I
             raise ParameterError(f"{item.input}: writes to {item.out_dir}, as {seen[item.out_dir]} does; rename one")
         seen[item.out_dir] = item.input
     return items, batch
+
+
+def _absolute(item: Item) -> Item:
+    return Item(input=item.input.absolute(), track=item.track, out_dir=item.out_dir.absolute())
+
+
+def _as_given(result: ItemResult, item: Item) -> ItemResult:
+    """A worker's result about ``_absolute(item)``, told with the paths as the caller gave them."""
+
+    def given(text: str) -> str:
+        return text.replace(str(result.item.input), str(item.input)).replace(str(result.item.out_dir), str(item.out_dir))
+
+    return dataclasses.replace(
+        result,
+        item=item,
+        message=given(result.message),
+        stems=[item.out_dir / path.name for path in result.stems],
+        warnings=[given(w) for w in result.warnings],
+    )
 
 
 def _stem(path: Path) -> str:
@@ -141,10 +179,11 @@ def run(
     *,
     batch: bool,
     jobs: int = 1,
+    scheduler: str | None = None,
     on_stage: Callable[[Item, str], None] | None = None,
     on_result: Callable[[ItemResult], None] | None = None,
 ) -> list[ItemResult]:
-    """Separate ``items``, one after another or in ``jobs`` worker processes.
+    """Separate ``items``, one after another, in ``jobs`` worker processes, or on a Dask cluster.
 
     Args:
         batch: resume (skip complete items) and keep going past failing items,
@@ -153,20 +192,31 @@ def run(
             threads. Each item is fitted alone, so the stems are those of
             ``jobs=1`` (bit for bit while torch's reductions do not split by
             thread count, true of tensors below its 32768-element grain).
+            With ``scheduler="local"``: the local cluster's worker processes.
+        scheduler: a Dask scheduler address (``tcp://host:port``) to submit each
+            item to as one task running :func:`separate_item`, or ``"local"`` to
+            start a ``LocalCluster`` here; ``None``: no cluster. Needs the
+            ``distributed`` package (``pip install 'demux[distributed]'``); the
+            workers must see the inputs and the output folder at the same paths
+            (they are made absolute).
         on_stage: called with an item and a stage name before the stage runs
-            (only with ``jobs=1``: workers do not report stages).
+            (only with ``jobs=1`` and no scheduler: workers do not report stages).
         on_result: called in this process as each item ends, in completion order.
 
     Returns:
         One result per item, in the order of ``items``.
 
     Raises:
-        ParameterError: ``jobs`` is not a positive integer.
+        ParameterError: ``jobs`` is not a positive integer; ``scheduler`` is given
+            but ``distributed`` is not installed, the scheduler cannot be reached,
+            or ``jobs > 1`` is asked of a remote cluster (it has its own workers).
         DemuxError: only when not ``batch``.
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ParameterError(f"--jobs {jobs!r}: expected an integer >= 1")
     report = on_result or (lambda _result: None)
+    if scheduler is not None:
+        return _run_distributed(items, recipe, options, batch=batch, jobs=jobs, scheduler=scheduler, report=report)
     if jobs == 1 or len(items) < 2:
         results = []
         for item in items:
@@ -206,6 +256,60 @@ def _run_parallel(items, recipe, options, *, batch, jobs, report) -> list[ItemRe
             pool.shutdown(wait=True, cancel_futures=True)
             raise
     return [results[i] for i in range(len(items))]
+
+
+def _run_distributed(items, recipe, options, *, batch, jobs, scheduler, report) -> list[ItemResult]:
+    """:func:`_attempt` per item as tasks of a Dask cluster; results as :func:`_run_parallel` gives them."""
+    try:
+        from distributed import KilledWorker, as_completed
+    except ImportError:
+        raise ParameterError(
+            f"--scheduler {scheduler}: needs the 'distributed' package (pip install 'demux[distributed]')"
+        ) from None
+    if scheduler != LOCAL_SCHEDULER and jobs != 1:
+        raise ParameterError(f"--jobs {jobs} with --scheduler {scheduler}: the cluster's own workers run the items")
+    results: dict[int, ItemResult] = {}
+    with _client(scheduler, jobs) as client:
+        # workers need not share this process's working folder, only its file system
+        futures = {
+            client.submit(_attempt, _absolute(item), recipe, options, batch, pure=False, key=f"demux-{i}-{item.track}"): i
+            for i, item in enumerate(items)
+        }
+        try:
+            for future in as_completed(futures):
+                index = futures[future]
+                try:
+                    result = _as_given(future.result(), items[index])
+                except KilledWorker:
+                    result = ItemResult(items[index], "failed", f"{items[index].input}: its worker process died")
+                if not batch and result.status == "failed":
+                    raise DemuxError(result.message)
+                report(result)
+                results[index] = result
+        except BaseException:
+            client.cancel(list(futures))
+            raise
+    return [results[i] for i in range(len(items))]
+
+
+@contextmanager
+def _client(scheduler: str, jobs: int):
+    """A connected ``distributed.Client``, on a new ``LocalCluster`` of ``jobs`` workers for ``"local"``."""
+    from distributed import Client, LocalCluster
+
+    with ExitStack() as stack:
+        try:
+            if scheduler == LOCAL_SCHEDULER:
+                # one thread per worker: demux's small tensors run fastest on one (benchmarks/README.md);
+                # the dashboard on any free port, so that another cluster's :8787 is no clash
+                cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=":0")
+                address = stack.enter_context(cluster)
+            else:
+                address = scheduler
+            client = stack.enter_context(Client(address, timeout="10s"))
+        except (OSError, ValueError) as error:  # unreachable (TimeoutError is an OSError) or not an address
+            raise ParameterError(f"--scheduler {scheduler}: cannot connect ({error})") from None
+        yield client
 
 
 def _init_worker(threads: int) -> None:
@@ -261,7 +365,9 @@ def _separate_item(item: Item, recipe: Recipe, options: Options, *, resume: bool
     if resume and not options.overwrite and is_complete(item):
         if _same_settings(_provenance(item), settings):
             return ItemResult(item, "skipped", "complete already")
-        raise DemuxError(f"{item.out_dir}: holds stems made with another recipe, seed or format (pass --overwrite)")
+        raise DemuxError(
+            f"{item.out_dir}: holds stems made with another recipe, seed, format or segmenting (pass --overwrite)"
+        )
     if not options.overwrite and not resume:
         for path in [*targets.values(), provenance_path]:
             if path.exists():
@@ -270,7 +376,10 @@ def _separate_item(item: Item, recipe: Recipe, options: Options, *, resume: bool
     if signal.data.shape[-1] < 2:
         raise InputError(item.input, "holds a single sample per channel: nothing to separate")
     warnings = [] if np.any(signal.data) else [f"{item.input}: silent (every sample is zero): every stem is silent"]
-    separation = separate(signal.data, signal.sample_rate, recipe, seed=options.seed, device=options.device, on_stage=on_stage)
+    separation = separate(
+        signal.data, signal.sample_rate, recipe, seed=options.seed, device=options.device, segment=options.segment,
+        overlap=options.overlap, batch_size=options.batch_size, on_stage=on_stage,
+    )
     _clear(item.out_dir, provenance_path)
     subtype = signal.subtype if ext == item.input.suffix.lstrip(".").lower() else None
     overwrite = options.overwrite or resume
@@ -299,7 +408,10 @@ def _separate_item(item: Item, recipe: Recipe, options: Options, *, resume: bool
 
 
 def _write_masks(separation, path: Path, *, overwrite: bool) -> None:
-    """The first stage's masks on a (freq[, frame]) grid as ``masks.npz`` (read by ``evaluate --plot``)."""
+    """The first stage's masks on a (freq[, frame]) grid as ``masks.npz`` (read by ``evaluate --plot``).
+
+    Of a chunked input, those of its first chunk.
+    """
     stage = next((s for s in separation.stages if s.masks is not None), None)
     if stage is None:
         return
@@ -314,10 +426,16 @@ def _write_masks(separation, path: Path, *, overwrite: bool) -> None:
 
 
 def _settings(recipe: Recipe, options: Options, targets: dict[str, Path]) -> dict:
-    """What decides an item's stems: a complete item made with other settings is not skipped."""
+    """What decides an item's stems: a complete item made with other settings is not skipped.
+
+    ``batch_size`` is among them: the dropout draws of a fit depend on its batch's shape.
+    """
     return {
         "stems": {name: path.name for name, path in targets.items()},
         "seed": options.seed,
+        "segment": options.segment,
+        "overlap": options.overlap,
+        "batch_size": options.batch_size,
         "recipe": to_dict(recipe),
     }
 

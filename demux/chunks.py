@@ -1,9 +1,12 @@
 """Long signals in equal, overlapping chunks, put back together with cross-fades.
 
 Chunks of one length can be fitted as one batch (the controller is vectorised over
-items), and the fit's memory no longer grows with the signal. The cross-fades are
-``sin^2`` / ``cos^2`` ramps over the overlap, which sum to one: since each chunk's
-stems sum to that chunk, the overlap-added stems still sum to the signal exactly.
+items), and the fit's memory no longer grows with the signal. Chunk starts are spread
+evenly so that the last chunk ends at the signal's end: no chunk is zero-padded (a
+padded chunk's tones stop abruptly and their spectra leak across bands). The
+overlap-add weights are ``sin^2`` ramps over the overlaps, divided by their sum at
+every sample: since each chunk's stems sum to that chunk, the stems put back together
+still sum to the signal exactly, whatever the overlaps turned out to be.
 """
 
 from __future__ import annotations
@@ -19,20 +22,23 @@ from demux.errors import ParameterError
 
 @dataclass(frozen=True)
 class ChunkPlan:
-    """How a signal of ``length`` samples is cut: ``count`` chunks of ``size``, ``hop`` apart."""
+    """How a signal of ``length`` samples is cut: chunks of ``size`` samples at ``starts``.
+
+    ``overlap`` is the cross-fade length; neighbouring chunks overlap by at least that.
+    """
 
     length: int
     size: int
-    hop: int
-    count: int
+    overlap: int
+    starts: tuple[int, ...]
 
     @property
-    def overlap(self) -> int:
-        return self.size - self.hop
+    def count(self) -> int:
+        return len(self.starts)
 
 
 def plan_chunks(length: int, *, size: int, overlap: int) -> ChunkPlan:
-    """Plan chunks of ``size`` samples overlapping by ``overlap`` samples.
+    """Plan chunks of ``size`` samples overlapping by at least ``overlap`` samples.
 
     A signal no longer than ``size`` is one chunk of its own length.
 
@@ -44,40 +50,43 @@ def plan_chunks(length: int, *, size: int, overlap: int) -> ChunkPlan:
     if not 0 <= overlap <= size // 2:
         raise ParameterError(f"chunk overlap={overlap} samples is not in [0, size/2 = {size // 2}]")
     if length <= size:
-        return ChunkPlan(length=length, size=length, hop=length, count=1)
-    hop = size - overlap
-    return ChunkPlan(length=length, size=size, hop=hop, count=math.ceil((length - overlap) / hop))
+        return ChunkPlan(length=length, size=length, overlap=0, starts=(0,))
+    count = math.ceil((length - overlap) / (size - overlap))
+    starts = tuple(round(i * (length - size) / (count - 1)) for i in range(count))
+    return ChunkPlan(length=length, size=size, overlap=overlap, starts=starts)
 
 
 def split(x: Tensor, plan: ChunkPlan) -> Tensor:
-    """Cut ``(batch, channel, time)`` into ``(batch * count, channel, size)`` (the end zero-padded)."""
-    B, C, T = x.shape
-    padded = plan.hop * (plan.count - 1) + plan.size
-    x = torch.nn.functional.pad(x, (0, padded - T))
-    chunks = x.unfold(-1, plan.size, plan.hop)  # (B, C, count, size)
-    return chunks.permute(0, 2, 1, 3).reshape(B * plan.count, C, plan.size)
+    """Cut ``(batch, channel, time)`` into ``(batch * count, channel, size)``, chunk-major per item."""
+    B, C, _ = x.shape
+    chunks = torch.stack([x[..., s : s + plan.size] for s in plan.starts], dim=1)  # (B, count, C, size)
+    return chunks.reshape(B * plan.count, C, plan.size)
 
 
 def crossfade(plan: ChunkPlan, *, dtype=torch.float32, device=None) -> Tensor:
-    """``(count, size)`` weights: ramps over each overlap that sum to one with the neighbour's."""
+    """``(count, size)`` ramps over each chunk's overlaps (before normalisation)."""
     weights = torch.ones(plan.count, plan.size, dtype=dtype, device=device)
     n = plan.overlap
     if plan.count > 1 and n > 0:
         ramp = torch.sin(0.5 * math.pi * (torch.arange(n, dtype=dtype, device=device) + 0.5) / n).square()
-        weights[1:, :n] = ramp
-        weights[:-1, -n:] = 1.0 - ramp
+        weights[1:, :n] *= ramp
+        weights[:-1, -n:] *= ramp.flip(0)
     return weights
 
 
 def overlap_add(chunks: Tensor, plan: ChunkPlan) -> Tensor:
-    """Inverse of :func:`split`: ``(batch * count, channel, size)`` -> ``(batch, channel, length)``."""
+    """Inverse of :func:`split`: ``(batch * count, channel, size)`` -> ``(batch, channel, length)``.
+
+    Each sample is the weighted mean of the chunks covering it (weights from
+    :func:`crossfade`, normalised to sum to one there).
+    """
     BN, C, _ = chunks.shape
     B = BN // plan.count
-    weighted = chunks.reshape(B, plan.count, C, plan.size) * crossfade(plan, dtype=chunks.dtype, device=chunks.device)[
-        None, :, None, :
-    ]
-    padded = plan.hop * (plan.count - 1) + plan.size
-    out = chunks.new_zeros(B, C, padded)
-    for i in range(plan.count):  # count is small (minutes of signal in tens-of-seconds chunks)
-        out[..., i * plan.hop : i * plan.hop + plan.size] += weighted[:, i]
-    return out[..., : plan.length]
+    weights = crossfade(plan, dtype=chunks.real.dtype, device=chunks.device)
+    out = chunks.new_zeros(B, C, plan.length)
+    total = weights.new_zeros(plan.length)
+    parts = chunks.reshape(B, plan.count, C, plan.size)
+    for i, start in enumerate(plan.starts):  # count is small (minutes of signal in tens-of-seconds chunks)
+        out[..., start : start + plan.size] += parts[:, i] * weights[i]
+        total[start : start + plan.size] += weights[i]
+    return out / total

@@ -76,7 +76,7 @@ def separate(
         30.0, "--segment", help="Cut inputs longer than this many seconds into chunks, cross-faded back; 0: whole file."
     ),
     overlap: float = typer.Option(0.1, "--overlap", help="The chunks' overlap, a fraction of --segment (0 to 0.5)."),
-    batch_size: int = typer.Option(4, "--batch-size", help="Chunks of one input fitted together as one batch."),
+    batch_size: int = typer.Option(1, "--batch-size", help="Chunks of one input fitted together as one batch (more pays off on a GPU)."),
     scheduler: str = typer.Option(
         None, "--scheduler", help="Dask scheduler (tcp://HOST:PORT) to run each item on, or 'local' for --jobs local workers."
     ),

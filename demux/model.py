@@ -127,25 +127,26 @@ class VarianceModel:
         """Starting parameters ``(B, P)``: each source at its share of the observed group power."""
         x = self.inputs
         B, S = x.power.shape[0], len(self.blocks)
+        like = {"dtype": x.power.dtype, "device": x.power.device}
         counts = torch.bincount(x.group, minlength=x.n_groups).clamp(min=1).to(x.power.dtype)
-        group_mean = torch.zeros(B, x.n_groups, dtype=x.power.dtype).index_add_(1, x.group, x.power) / counts
+        group_mean = torch.zeros(B, x.n_groups, **like).index_add_(1, x.group, x.power) / counts
         log_mean = torch.log(group_mean + 1e-8)
         e_mean = torch.zeros_like(group_mean).index_add_(1, x.group, x.log_power) / counts
         local_mean = torch.zeros_like(group_mean).index_add_(1, x.group, x.local_energy) / counts
         parts = []
         level = log_mean[:, None, :].expand(B, S, -1) - torch.log(torch.tensor(float(S)))
         beta, alpha = (
-            torch.tensor([(b.energy or (0.0, 0.0))[i] for b in self.blocks], dtype=x.power.dtype) for i in (0, 1)
+            torch.tensor([(b.energy or (0.0, 0.0))[i] for b in self.blocks], **like) for i in (0, 1)
         )
         # start each energy-following source at its share of the group's mean log-power
         level = level - beta[None, :, None] * e_mean[:, None, :] - alpha[None, :, None] * local_mean[:, None, :]
-        anchored = torch.tensor([b.anchor_weight > 0 for b in self.blocks])
+        anchored = torch.tensor([b.anchor_weight > 0 for b in self.blocks], device=x.power.device)
         level = torch.where(anchored[None, :, None], x.anchor, level)
         parts.append(level.reshape(B, -1))
-        parts.append(torch.zeros(B, self.sizes["gain"][0] * self.sizes["gain"][1], dtype=x.power.dtype))
+        parts.append(torch.zeros(B, self.sizes["gain"][0] * self.sizes["gain"][1], **like))
         for initial in (beta, alpha):
             parts.append(initial[self.energy_sources][None, :, None].expand(B, -1, x.n_groups).reshape(B, -1))
-        parts.append(torch.zeros(B, self.sizes["detail"][0] * self.sizes["detail"][1], dtype=x.power.dtype))
+        parts.append(torch.zeros(B, self.sizes["detail"][0] * self.sizes["detail"][1], **like))
         return torch.cat(parts, dim=1)
 
     def fitted_part(self, theta: Tensor) -> Tensor:

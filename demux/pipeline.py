@@ -125,7 +125,7 @@ def separate(
     device: str | torch.device = "cpu",
     segment: float | None = None,
     overlap: float = 0.1,
-    batch_size: int = 4,
+    batch_size: int = 1,
     on_stage: Callable[[str], None] | None = None,
     learned: dict[str, Tensor] | None = None,
 ) -> Separation:

@@ -123,8 +123,10 @@ def test_complete_item_made_with_other_settings_is_not_skipped(tmp_path):
     (other_seed,) = run(items, recipe, Options(out=out, seed=2), batch=True)
     other = load_recipe("tones-fft", ["split.fit.max_iter=3"])
     (other_recipe,) = run(items, other, Options(out=out, seed=1), batch=True)
-    for result in (other_seed, other_recipe):
-        assert result.status == "failed" and "another recipe, seed or format" in result.message
+    other_chunking = [run(items, recipe, Options(out=out, seed=1, **change), batch=True)[0]
+                      for change in ({"segment": 0.5}, {"segment": 0}, {"overlap": 0.2}, {"batch_size": 2})]
+    for result in (other_seed, other_recipe, *other_chunking):
+        assert result.status == "failed" and "another recipe, seed, format or segmenting" in result.message
     assert (out / "item0" / "demux.json").read_bytes() == before
     (replaced,) = run(items, recipe, Options(out=out, seed=2, overwrite=True), batch=True)
     assert replaced.status == "done"
@@ -154,6 +156,27 @@ def test_jobs_give_the_same_stems_bit_for_bit_and_keep_going(tmp_path):
         for name, stem in stems.items():
             # arrays, not bytes: libsndfile stamps float WAVs with the time of writing (PEAK chunk)
             assert np.array_equal(stem, results[2][track][name]), (track, name)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [
+        ("segment", -1.0, "--segment -1.0: expected seconds >= 0"),
+        ("segment", math.inf, "--segment inf"),
+        ("overlap", 0.6, "--overlap 0.6: expected a fraction of the segment in \\[0, 0.5\\]"),
+        ("overlap", -0.1, "--overlap -0.1"),
+        ("batch_size", 0, "--batch-size 0: expected an integer >= 1"),
+        ("batch_size", 2.5, "--batch-size 2.5"),
+    ],
+)
+def test_options_refuse_bad_segmenting(option, value, expected):
+    with pytest.raises(ParameterError, match=expected):
+        Options(**{option: value})
+
+
+def test_segment_zero_means_the_whole_file():
+    assert Options(segment=0).segment is None and Options(segment=0.0).segment is None
+    assert Options().segment == 30.0 and Options(segment=2).segment == 2
 
 
 @pytest.mark.parametrize("jobs", [0, -1, 1.5, True])
