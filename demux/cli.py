@@ -66,6 +66,9 @@ def separate(
     inputs: list[Path] = typer.Argument(..., help="Files, folders (recursive) or globs to separate."),
     recipe: str = typer.Option(..., "--recipe", "-r", help="Built-in recipe name or a YAML file."),
     out: Path = typer.Option(Path("separated"), "--out", "-o", help="Output folder: OUT/<track>/<source>.<ext>."),
+    params: Path = typer.Option(
+        None, "--params", help="Learned offsets from `demux train` (safetensors) for this recipe."
+    ),
     set_: list[str] = typer.Option([], "--set", help="Override a recipe key: stage.sources.voice.band.lo=80."),
     seed: int = typer.Option(0, "--seed", help="Fixes every random draw: same input, recipe and seed, same stems."),
     device: str = typer.Option("cpu", "--device", "-d", help="cpu or cuda."),
@@ -105,6 +108,10 @@ def separate(
     options = Options(out=out, seed=seed, device=device, format=fmt, rate=rate, overwrite=overwrite, overrides=tuple(set_),
                       segment=segment, overlap=overlap, batch_size=batch_size)
     resolved = load_recipe(recipe, set_)
+    if params is not None:
+        from demux.train import apply_params
+
+        resolved = apply_params(resolved, params)
     items, batch = plan(inputs, resolved, out)
     console = Console(stderr=True, quiet=quiet)
     errors = Console(stderr=True) if quiet else console  # with --quiet there is no progress bar to share
