@@ -6,13 +6,15 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
 import numpy as np
+import pytest
+import soundfile as sf
 import torch
 from typer.testing import CliRunner
 
 from demux.cli import app
 from demux.errors import InputError, OutputExistsError, ParameterError
+from demux.metrics import si_sdr
 from demux.recipe import load_recipe
 from demux.synth import write_scenarios
 from demux.train import (
@@ -215,11 +217,6 @@ def test_cli_refuses_a_bad_checkpoint_with_one_line(data, tmp_path):
 
 def test_separate_applies_a_params_file(recipe, data, trained, tmp_path):
     """`demux separate --params` gives the trained stems, which beat the untrained ones on a held-out track."""
-    import json
-
-    import soundfile as sf
-
-    from demux.metrics import si_sdr
 
     track = sorted((data / "held-out").iterdir())[0]
     mixture = track / "mixture.wav"
