@@ -60,6 +60,23 @@ class StageMasks:
     times_s: Tensor
 
 
+@dataclass(frozen=True)
+class WarmStart:
+    """Where a stage's fit ended, to start the next fit of the same shapes from (online mode).
+
+    Attributes:
+        theta: ``(batch, P)`` fitted parameters.
+        radius: the trust radius the fit ended with.
+        dropout: the coefficient-dropout rate it ended with (a warm fit goes on from it
+            rather than from ``dropout0``: steps taken under heavy dropout from a good
+            start can lose what the previous fit found).
+    """
+
+    theta: Tensor
+    radius: float
+    dropout: float
+
+
 @dataclass
 class StageReport:
     """What one stage did, for ``demux.json``."""
@@ -76,6 +93,7 @@ class StageReport:
     energy_share: dict[str, list[float]]  # per source, per item: share of the input's power kept
     chunks: list[int] | None = None  # which chunks (of a chunked signal, across the batch) the items are
     masks: StageMasks | None = field(default=None, repr=False)  # not in demux.json: written as masks.npz
+    end: WarmStart | None = field(default=None, repr=False)  # not in demux.json: for warm starts
 
 
 @dataclass
@@ -95,7 +113,10 @@ class Separation:
 
     def provenance(self) -> dict:
         """The stage reports as plain data (masks left out: they go to ``masks.npz``)."""
-        stages = [{f.name: getattr(s, f.name) for f in dataclasses.fields(s) if f.name != "masks"} for s in self.stages]
+        stages = [
+            {f.name: getattr(s, f.name) for f in dataclasses.fields(s) if f.name not in ("masks", "end")}
+            for s in self.stages
+        ]
         return {"sample_rate": self.sample_rate, "stages": stages}
 
 
@@ -220,8 +241,11 @@ def _run_chunked(recipe, x: Tensor, rate: float, *, seed: int, on_stage, segment
 
 
 def run_stage(stage: StageSpec, x: Tensor, sample_rate: float, *, seed: int, recipe_source: str = "<recipe>",
-              learned: dict[str, Tensor] | None = None):
+              learned: dict[str, Tensor] | None = None, warm: WarmStart | None = None):
     """Fit one stage on ``x`` ``(batch, channel, time)`` and return its stems and report.
+
+    ``warm`` (a previous report's ``end``, from a signal of the same shape) starts the
+    fit from those parameters and that radius instead of from the data's averages.
 
     ``learned`` (see :func:`separate`) overrides sources' learned offsets. The fit
     treats them as constants; where they carry a gradient, the masks are recomputed
@@ -252,7 +276,17 @@ def run_stage(stage: StageSpec, x: Tensor, sample_rate: float, *, seed: int, rec
     fitted = dataclasses.replace(inputs, learned=inputs.learned.detach())
     model = VarianceModel(blocks, fitted, combiner=stage.combiner, residual=residual)
     config = dataclasses.replace(stage.fit, seed=stage.fit.seed + seed)
-    result = minimize(model.objective, model.initial(), masks=lambda th: model.masks(th).flatten(1), config=config)
+    theta0 = model.initial()
+    if warm is not None and warm.theta.shape == theta0.shape:
+        theta0 = warm.theta.to(theta0)
+        config = dataclasses.replace(
+            config,
+            radius0=min(max(warm.radius, 1e-3), config.radius_max),
+            dropout0=min(warm.dropout, config.dropout0),
+            dropout_floor=min(warm.dropout, config.dropout_floor),
+            warmup=0,
+        )
+    result = minimize(model.objective, theta0, masks=lambda th: model.masks(th).flatten(1), config=config)
     with torch.set_grad_enabled(inputs.learned.requires_grad):
         if inputs.learned.requires_grad:
             model = VarianceModel(blocks, inputs, combiner=stage.combiner, residual=residual)
@@ -279,8 +313,16 @@ def run_stage(stage: StageSpec, x: Tensor, sample_rate: float, *, seed: int, rec
         trajectory={key: [step[key] for step in steps] for key in (steps[0] if steps else {})},
         energy_share={name: [float(v) for v in share[:, s]] for s, name in enumerate(names)},
         masks=None if per_channel or len(K) > 2 else _stage_masks(names, masks, transform.grid(T)),
+        end=_warm_start(result, config),
     )
     return {name: out[:, s] for s, name in enumerate(names)}, report
+
+
+def _warm_start(result, config) -> WarmStart:
+    if not result.trajectory:
+        return WarmStart(result.theta, config.radius0, config.dropout0)
+    last = result.trajectory[-1]
+    return WarmStart(result.theta, float(last.radius.mean()), float(last.dropout.mean()))
 
 
 def _stage_masks(names: list[str], masks: Tensor, grid) -> StageMasks:

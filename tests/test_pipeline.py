@@ -254,3 +254,17 @@ def test_complex_input_needs_a_two_sided_transform_and_real_input_no_negative_ba
         separate(iq, 8000, "tones-fft")
     with pytest.raises(RecipeError, match=r"clutter\.bands\.0\.lo: -25 Hz: negative frequencies need complex"):
         separate(torch.randn(1, 2000), 2000, "radar-doppler")
+
+
+def test_a_warm_start_continues_where_a_fit_ended():
+    from demux.pipeline import run_stage
+
+    x = (tones([(440, 0.5), (2000, 0.2)], sample_rate=FS, seconds=0.5) + 0.01 * torch.randn(FS // 2, generator=torch.Generator().manual_seed(4)))[None, None]
+    stage = load_recipe("tones-fft", ["split.fit.max_iter=3"]).stages[0]
+    _, cold = run_stage(stage, x, FS, seed=0)
+    _, warm = run_stage(stage, x, FS, seed=0, warm=cold.end)
+    assert cold.end.theta.shape == warm.end.theta.shape
+    # the second fit starts where the first ended: its first objective is the first fit's last
+    assert warm.trajectory["objective"][0][0] <= cold.trajectory["objective"][0][0]
+    assert warm.loss[0] <= cold.loss[0] + 1e-6
+    assert warm.trajectory["radius"][0][0] == pytest.approx(min(max(cold.end.radius, 1e-3), stage.fit.radius_max))
