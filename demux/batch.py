@@ -237,25 +237,35 @@ def _run_parallel(items, recipe, options, *, batch, jobs, report) -> list[ItemRe
     from concurrent.futures.process import BrokenProcessPool
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    results: dict[int, ItemResult] = {}
     context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools and locks
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
         futures = {pool.submit(_attempt, item, recipe, options, batch): i for i, item in enumerate(items)}
         try:
-            for future in as_completed(futures):
-                index = futures[future]
-                try:
-                    result = future.result()
-                except BrokenProcessPool:
-                    result = ItemResult(items[index], "failed", f"{items[index].input}: its worker process died")
-                if not batch and result.status == "failed":
-                    raise DemuxError(result.message)
-                report(result)
-                results[index] = result
+            results = _gather(as_completed(futures), futures, items, batch=batch, report=report,
+                              result_of=lambda future, item: future.result(), died=BrokenProcessPool)
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
     return [results[i] for i in range(len(items))]
+
+
+def _gather(completed, futures, items, *, batch, report, result_of, died) -> dict[int, ItemResult]:
+    """Results of ``futures`` (future -> item index) as they complete; a dead worker fails its item.
+
+    Outside a batch the first failure is raised, as a lone file's error is.
+    """
+    results: dict[int, ItemResult] = {}
+    for future in completed:
+        index = futures[future]
+        try:
+            result = result_of(future, items[index])
+        except died:
+            result = ItemResult(items[index], "failed", f"{items[index].input}: its worker process died")
+        if not batch and result.status == "failed":
+            raise DemuxError(result.message)
+        report(result)
+        results[index] = result
+    return results
 
 
 def _run_distributed(items, recipe, options, *, batch, jobs, scheduler, report) -> list[ItemResult]:
@@ -268,7 +278,6 @@ def _run_distributed(items, recipe, options, *, batch, jobs, scheduler, report) 
         ) from None
     if scheduler != LOCAL_SCHEDULER and jobs != 1:
         raise ParameterError(f"--jobs {jobs} with --scheduler {scheduler}: the cluster's own workers run the items")
-    results: dict[int, ItemResult] = {}
     with _client(scheduler, jobs) as client:
         # workers need not share this process's working folder, only its file system
         futures = {
@@ -276,16 +285,8 @@ def _run_distributed(items, recipe, options, *, batch, jobs, scheduler, report) 
             for i, item in enumerate(items)
         }
         try:
-            for future in as_completed(futures):
-                index = futures[future]
-                try:
-                    result = _as_given(future.result(), items[index])
-                except KilledWorker:
-                    result = ItemResult(items[index], "failed", f"{items[index].input}: its worker process died")
-                if not batch and result.status == "failed":
-                    raise DemuxError(result.message)
-                report(result)
-                results[index] = result
+            results = _gather(as_completed(futures), futures, items, batch=batch, report=report,
+                              result_of=lambda future, item: _as_given(future.result(), item), died=KilledWorker)
         except BaseException:
             client.cancel(list(futures))
             raise

@@ -117,17 +117,24 @@ class STFT(Transform):
         return stft(x, n_fft=self.n_fft, hop=self.hop, window=self.window)
 
     def inverse(self, coeffs: Tensor, length: int) -> Tensor:
+        self._check_inverse(coeffs, length)
+        return istft(coeffs, n_fft=self.n_fft, hop=self.hop, window=self.window, length=length)
+
+    def grid(self, length: int) -> Grid:
+        freq = torch.arange(self.n_fft // 2 + 1, dtype=torch.float32) * (self.sample_rate / self.n_fft)
+        return self._grid(freq, length, two_sided=False)
+
+    def _check_inverse(self, coeffs: Tensor, length: int) -> None:
         if not self.invertible:
             raise ParameterError(
                 f"this window is not NOLA for hop={self.hop} (n_fft={self.n_fft}); use a smaller hop"
             )
         check_count("STFT frames", coeffs.shape[-1], n_frames(length, self.hop), length)
-        return istft(coeffs, n_fft=self.n_fft, hop=self.hop, window=self.window, length=length)
 
-    def grid(self, length: int) -> Grid:
-        n_bins, frames = self.n_fft // 2 + 1, n_frames(length, self.hop)
-        freq = torch.arange(n_bins, dtype=torch.float32) * (self.sample_rate / self.n_fft)
-        lo, hi = linear_bands(freq, self.sample_rate / (2 * self.n_fft), self.sample_rate / 2)
+    def _grid(self, freq: Tensor, length: int, *, two_sided: bool) -> Grid:
+        """The (bin, frame) grid for bin frequencies ``freq`` ``(F,)``, Hz; a group per bin."""
+        n_bins, frames = freq.shape[0], n_frames(length, self.hop)
+        lo, hi = linear_bands(freq, self.sample_rate / (2 * self.n_fft), self.sample_rate / 2, two_sided=two_sided)
         return Grid(
             freq_hz=freq.view(1, -1, 1),
             band_lo_hz=lo.view(1, -1, 1),
@@ -184,25 +191,9 @@ class ComplexSTFT(STFT):
         return cstft(x, n_fft=self.n_fft, hop=self.hop, window=self.window)
 
     def inverse(self, coeffs: Tensor, length: int) -> Tensor:
-        if not self.invertible:
-            raise ParameterError(
-                f"this window is not NOLA for hop={self.hop} (n_fft={self.n_fft}); use a smaller hop"
-            )
-        check_count("STFT frames", coeffs.shape[-1], n_frames(length, self.hop), length)
+        self._check_inverse(coeffs, length)
         return icstft(coeffs, n_fft=self.n_fft, hop=self.hop, window=self.window, length=length)
 
     def grid(self, length: int) -> Grid:
-        frames = n_frames(length, self.hop)
         freq = (torch.arange(self.n_fft, dtype=torch.float32) - self.n_fft // 2) * (self.sample_rate / self.n_fft)
-        lo, hi = linear_bands(freq, self.sample_rate / (2 * self.n_fft), self.sample_rate / 2, two_sided=True)
-        return Grid(
-            freq_hz=freq.view(1, -1, 1),
-            band_lo_hz=lo.view(1, -1, 1),
-            band_hi_hz=hi.view(1, -1, 1),
-            time_s=(torch.arange(frames, dtype=torch.float32) * (self.hop / self.sample_rate)).view(1, 1, -1),
-            group=torch.arange(self.n_fft).view(1, -1, 1),
-            n_groups=self.n_fft,
-            frame=torch.arange(frames).view(1, 1, -1),
-            n_frames=frames,
-            shape=(self.n_fft, frames),
-        )
+        return self._grid(freq, length, two_sided=True)
