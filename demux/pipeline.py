@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -135,6 +135,15 @@ class Separator:
     def __call__(self, signal: Tensor | np.ndarray, sample_rate: float, **kwargs) -> Separation:
         """Separate ``(channel, time)`` or ``(batch, channel, time)``; see :func:`separate`."""
         return separate(signal, sample_rate, self.recipe, seed=self.seed, device=self.device, **kwargs)
+
+    def stream(self, chunks: Iterable[Tensor | np.ndarray], sample_rate: float, *, window: float, hop: float,
+               **kwargs) -> Iterator[dict[str, Tensor]]:
+        """Separate a signal arriving in ``(channel, n)`` chunks, yielding stems once final; see
+        :func:`demux.online.stream` (``window``/``hop`` in seconds; ``forgetting``, ``on_window``)."""
+        from demux.online import stream  # demux.online builds on this module
+
+        return stream(chunks, sample_rate, self.recipe, window=window, hop=hop, seed=self.seed, device=self.device,
+                      **kwargs)
 
 
 def separate(
@@ -270,11 +279,8 @@ def run_stage(stage: StageSpec, x: Tensor, sample_rate: float, *, seed: int, rec
         raise RecipeError(recipe_source, f"stages.{stage.name}.transform", str(error)) from None
     Cc, K = coeffs.shape[1], tuple(coeffs.shape[2:])  # Cc: components or beams for transforms over channels
     inputs, per_channel = stage_inputs(stage, coeffs.detach(), transform, T, recipe_source, learned=learned)
-    blocks = [_blocks(src) for src in stage.sources.values()]
     names = list(stage.sources)
-    residual = names.index("residual") if "residual" in names else None
-    fitted = dataclasses.replace(inputs, learned=inputs.learned.detach())
-    model = VarianceModel(blocks, fitted, combiner=stage.combiner, residual=residual)
+    model = stage_model(stage, dataclasses.replace(inputs, learned=inputs.learned.detach()))
     config = dataclasses.replace(stage.fit, seed=stage.fit.seed + seed)
     theta0 = model.initial()
     if warm is not None and warm.theta.shape == theta0.shape:
@@ -289,7 +295,7 @@ def run_stage(stage: StageSpec, x: Tensor, sample_rate: float, *, seed: int, rec
     result = minimize(model.objective, theta0, masks=lambda th: model.masks(th).flatten(1), config=config)
     with torch.set_grad_enabled(inputs.learned.requires_grad):
         if inputs.learned.requires_grad:
-            model = VarianceModel(blocks, inputs, combiner=stage.combiner, residual=residual)
+            model = stage_model(stage, inputs)
         masks = apply_locks(model.masks(result.theta), inputs.locks)  # (B, S, Kf)
         # a silent input has no energy to share: report zeros, not 0/0
         share = (masks.detach() * inputs.power[:, None]).mean(2) / inputs.power.mean(1, keepdim=True).clamp_min(1e-30)
@@ -316,6 +322,17 @@ def run_stage(stage: StageSpec, x: Tensor, sample_rate: float, *, seed: int, rec
         end=_warm_start(result, config),
     )
     return {name: out[:, s] for s, name in enumerate(names)}, report
+
+
+def stage_model(stage: StageSpec, inputs: ModelInputs) -> VarianceModel:
+    """The variance model of ``stage``'s sources on ``inputs`` (see :func:`stage_inputs`)."""
+    names = list(stage.sources)
+    return VarianceModel(
+        [_blocks(src) for src in stage.sources.values()],
+        inputs,
+        combiner=stage.combiner,
+        residual=names.index("residual") if "residual" in names else None,
+    )
 
 
 def _warm_start(result, config) -> WarmStart:
