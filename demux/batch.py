@@ -81,6 +81,7 @@ class Options:
     segment: float | None = 30.0  # seconds per chunk of a long input; None (or 0 when given): the whole file
     overlap: float = 0.1  # the chunks' overlap, a fraction of ``segment``
     batch_size: int = 1  # chunks fitted together (on CPU one at a time is fastest and flattest in memory)
+    online: tuple[float, float] | None = None  # (window, hop) seconds: sliding warm-started fits
 
     def __post_init__(self):
         if self.format is not None and self.format not in FORMATS:
@@ -93,6 +94,12 @@ class Options:
             raise ParameterError(f"--overlap {self.overlap!r}: expected a fraction of the segment in [0, 0.5]")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ParameterError(f"--batch-size {self.batch_size!r}: expected an integer >= 1")
+        if self.online is not None:
+            window, hop = self.online
+            if not 0 < hop < window:
+                raise ParameterError(f"--window {window} --hop {hop}: expected 0 < hop < window (seconds)")
+            if self.segment is not None:
+                raise ParameterError("--online slides its own windows: leave out --segment")
 
 
 def plan(paths: Iterable[str | Path], recipe: Recipe, out: Path) -> tuple[list[Item], bool]:
@@ -377,15 +384,24 @@ def _separate_item(item: Item, recipe: Recipe, options: Options, *, resume: bool
     if signal.data.shape[-1] < 2:
         raise InputError(item.input, "holds a single sample per channel: nothing to separate")
     warnings = [] if np.any(signal.data) else [f"{item.input}: silent (every sample is zero): every stem is silent"]
-    separation = separate(
-        signal.data, signal.sample_rate, recipe, seed=options.seed, device=options.device, segment=options.segment,
-        overlap=options.overlap, batch_size=options.batch_size, on_stage=on_stage,
-    )
+    if options.online is not None:
+        from demux.online import separate_online
+
+        window, hop = options.online
+        separation = separate_online(
+            signal.data, signal.sample_rate, recipe, window=window, hop=hop, seed=options.seed, device=options.device
+        )
+    else:
+        separation = separate(
+            signal.data, signal.sample_rate, recipe, seed=options.seed, device=options.device, segment=options.segment,
+            overlap=options.overlap, batch_size=options.batch_size, on_stage=on_stage,
+        )
     _clear(item.out_dir, provenance_path)
     subtype = signal.subtype if ext == item.input.suffix.lstrip(".").lower() else None
     overwrite = options.overwrite or resume
     for name, path in targets.items():
-        data = separation.stems[name].detach().cpu().numpy().astype(np.float32)
+        data = separation.stems[name].detach().cpu().numpy()
+        data = data.astype(np.complex64 if np.iscomplexobj(data) else np.float32)  # I/Q stems stay complex
         write(path, data, signal.sample_rate, subtype=subtype, overwrite=overwrite)
     _write_masks(separation, safe_join(item.out_dir, MASKS), overwrite=overwrite)
     seconds = time.perf_counter() - start
@@ -413,7 +429,8 @@ def _write_masks(separation, path: Path, *, overwrite: bool) -> None:
 
     Of a chunked input, those of its first chunk.
     """
-    stage = next((s for s in separation.stages if s.masks is not None), None)
+    stages = getattr(separation, "stages", [])  # online results have per-window masks only: none written
+    stage = next((s for s in stages if s.masks is not None), None)
     if stage is None:
         return
     with atomic_write(path, overwrite=overwrite) as temp:
@@ -437,6 +454,7 @@ def _settings(recipe: Recipe, options: Options, targets: dict[str, Path]) -> dic
         "segment": options.segment,
         "overlap": options.overlap,
         "batch_size": options.batch_size,
+        "online": list(options.online) if options.online else None,
         "recipe": to_dict(recipe),
     }
 

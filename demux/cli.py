@@ -80,6 +80,9 @@ def separate(
     ),
     overlap: float = typer.Option(0.1, "--overlap", help="The chunks' overlap, a fraction of --segment (0 to 0.5)."),
     batch_size: int = typer.Option(1, "--batch-size", help="Chunks of one input fitted together as one batch (more pays off on a GPU)."),
+    online: bool = typer.Option(False, "--online", help="Slide warm-started fits over windows (needs --window, --hop)."),
+    window: float = typer.Option(None, "--window", help="Online window, seconds."),
+    hop: float = typer.Option(None, "--hop", help="Online hop between windows, seconds."),
     scheduler: str = typer.Option(
         None, "--scheduler", help="Dask scheduler (tcp://HOST:PORT) to run each item on, or 'local' for --jobs local workers."
     ),
@@ -105,8 +108,13 @@ def separate(
 
         if not torch.cuda.is_available():
             raise ParameterError(f"--device {device}: no CUDA device is available here")
+    if online and (window is None or hop is None):
+        raise ParameterError("--online needs --window and --hop (seconds)")
+    if not online and (window is not None or hop is not None):
+        raise ParameterError("--window and --hop are for --online")
     options = Options(out=out, seed=seed, device=device, format=fmt, rate=rate, overwrite=overwrite, overrides=tuple(set_),
-                      segment=segment, overlap=overlap, batch_size=batch_size)
+                      segment=None if online else segment, overlap=overlap, batch_size=batch_size,
+                      online=(window, hop) if online else None)
     resolved = load_recipe(recipe, set_)
     if params is not None:
         from demux.train import apply_params

@@ -17,6 +17,7 @@ import soundfile as sf
 import torch
 from typer.testing import CliRunner
 
+import demux
 from conftest import tones
 from demux.cli import app
 from demux.recipe import load_recipe
@@ -490,3 +491,21 @@ def test_cuda_gives_the_cpu_stems(tmp_path, recipe, rate, extra):
     for name, stem in runs["cpu"].items():
         # the fits take the same steps; float32 reductions differ in order between devices
         np.testing.assert_allclose(runs["cuda"][name], stem, atol=1e-3)
+
+
+def test_complex_iq_input_gives_complex_npy_stems(tmp_path):
+    from demux.synth import make
+
+    scenario = make("radar-mti", np.random.default_rng(0))
+    path = tmp_path / "slow_time.npy"
+    np.save(path, scenario.mixture)
+    result = separate(path, "-r", "radar-doppler", "--rate", str(scenario.sample_rate), "-o", tmp_path / "OUT")
+    assert result.exit_code == 0, result.output
+    stems = {name: np.load(tmp_path / "OUT" / "slow_time" / f"{name}.npy") for name in ("clutter", "targets", "noise")}
+    assert all(stem.dtype == np.complex64 for stem in stems.values())
+    np.testing.assert_allclose(sum(stems.values()), scenario.mixture, atol=1e-4)
+
+
+def test_version_is_printed():
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"demux {demux.__version__}"

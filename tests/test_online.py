@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
+from typer.testing import CliRunner
 
 from conftest import si_sdr_db, tones
+from demux.cli import app
 from demux.errors import ParameterError
 from demux.online import separate_online, stream
 from demux.pipeline import Separator, run_stage, separate
@@ -157,3 +163,22 @@ def test_bad_streams_are_refused():
         list(stream([torch.zeros(1, 100), torch.zeros(2, 100)], RATE, "tones-fft", window=WINDOW, hop=HOP))
     with pytest.raises(ParameterError, match=r"\(channel, time\)"):
         separate_online(torch.zeros(8000), RATE, "tones-fft", window=WINDOW, hop=HOP)
+
+
+def test_cli_online_matches_the_library_and_refuses_half_options(tmp_path, mixture):
+    x = mixture
+    path = tmp_path / "mix.wav"
+    sf.write(path, x.numpy().T, RATE, subtype="FLOAT")
+    runner = CliRunner()
+    result = runner.invoke(app, ["separate", str(path), "-r", "tones-fft", "-o", str(tmp_path / "out"),
+                                 "--online", "--window", "0.5", "--hop", "0.25"])
+    assert result.exit_code == 0, result.output
+    online = separate_online(x, RATE, "tones-fft", window=0.5, hop=0.25)
+    for name, stem in online.stems.items():
+        written, rate = sf.read(tmp_path / "out" / "mix" / f"{name}.wav", dtype="float32", always_2d=True)
+        assert rate == RATE
+        np.testing.assert_allclose(written.T, stem.numpy(), atol=1e-6)
+    record = json.loads((tmp_path / "out" / "mix" / "demux.json").read_text())
+    assert record["online"] == [0.5, 0.25] and record["windows"][0]["latency_s"] > 0
+    half = runner.invoke(app, ["separate", str(path), "-r", "tones-fft", "-o", str(tmp_path / "o2"), "--online"])
+    assert half.exit_code == 2 and "--online needs --window and --hop" in half.stderr
