@@ -45,8 +45,8 @@ from demux.pipeline import (
     Separation,
     StageReport,
     WarmStart,
-    _build_transform,
-    _served_rate,
+    build_stage_transform,
+    served_rate,
     run_stage,
     stage_inputs,
     stage_model,
@@ -197,10 +197,10 @@ class _OnlineRun:
     def __init__(self, recipe: Recipe | str, sample_rate: float, *, window: float, hop: float, seed: int,
                  forgetting: float, device, on_window):
         self.recipe = load_recipe(recipe) if isinstance(recipe, str) else recipe
-        if _served_rate(self.recipe, sample_rate) != sample_rate:
+        if served_rate(self.recipe, sample_rate) != sample_rate:
             raise ParameterError(
                 f"online mode runs at the input's rate, and recipe '{self.recipe.name}' does not serve "
-                f"{sample_rate:g} Hz: resample the signal to {_served_rate(self.recipe, sample_rate):g} Hz first"
+                f"{sample_rate:g} Hz: resample the signal to {served_rate(self.recipe, sample_rate):g} Hz first"
             )
         self.size = round(window * sample_rate)
         self.hop = round(hop * sample_rate)
@@ -355,7 +355,7 @@ class _OnlineRun:
 
 def _initial_theta(stage, x: Tensor, sample_rate: float, recipe_source: str) -> Tensor:
     """``(batch, P)`` the cold start :func:`run_stage` would fit ``x`` ``(batch, channel, time)`` from."""
-    transform = _build_transform(stage, sample_rate, recipe_source).to(x.device)
+    transform = build_stage_transform(stage, sample_rate, recipe_source).to(x.device)
     inputs, _ = stage_inputs(stage, transform(x).detach(), transform, x.shape[-1], recipe_source)
     return stage_model(stage, inputs).initial()
 

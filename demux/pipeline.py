@@ -193,7 +193,7 @@ def separate(
         raise ParameterError(f"signal must be (channel, time) or (batch, channel, time), got shape {tuple(x.shape)}")
     x = x.to(device=device, dtype=torch.complex64 if x.is_complex() else torch.float32)
     length = x.shape[-1]
-    rate = _served_rate(recipe, sample_rate)
+    rate = served_rate(recipe, sample_rate)
     if rate != sample_rate:
         x = _resample(x, sample_rate, rate)
     check_against_signal(recipe, rate, complex_signal=x.is_complex())
@@ -264,7 +264,7 @@ def run_stage(stage: StageSpec, x: Tensor, sample_rate: float, *, seed: int, rec
     """
     start = time.perf_counter()
     B, C, T = x.shape
-    transform = _build_transform(stage, sample_rate, recipe_source).to(x.device)
+    transform = build_stage_transform(stage, sample_rate, recipe_source).to(x.device)
     if x.is_complex() and not transform.complex_input:
         raise RecipeError(
             recipe_source,
@@ -523,7 +523,8 @@ def _mel_groups(stage: StageSpec, freq: Tensor, sample_rate: float, recipe_sourc
     return fb.argmax(dim=0)[bins], fb.shape[0]
 
 
-def _build_transform(stage: StageSpec, sample_rate: float, recipe_source: str) -> Transform:
+def build_stage_transform(stage: StageSpec, sample_rate: float, recipe_source: str) -> Transform:
+    """The stage's transform at ``sample_rate``; a bad parameter is a RecipeError naming the key."""
     try:
         return build_transform(stage.transform.type, sample_rate, **stage.transform.params)
     except ParameterError as error:
@@ -536,7 +537,12 @@ def _is_wavelet(transform: Transform) -> bool:
     return isinstance(transform, DWT)
 
 
-def _served_rate(recipe: Recipe, sample_rate: float) -> float:
+def served_rate(recipe: Recipe, sample_rate: float) -> float:
+    """The rate ``recipe`` runs at for an input at ``sample_rate``, Hz (itself, or ``resample_to``).
+
+    Raises:
+        ParameterError: the recipe neither serves this rate nor resamples.
+    """
     if not recipe.sample_rates or any(abs(sample_rate - r) < 1e-6 for r in recipe.sample_rates):
         return float(sample_rate)
     if recipe.resample_to:

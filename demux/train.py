@@ -209,7 +209,7 @@ def load_tracks(folder: str | Path, recipe: Recipe) -> tuple[list[Track], float,
     """
     from demux.evaluate import STEM_EXTENSIONS
     from demux.io import read, resample
-    from demux.pipeline import _served_rate
+    from demux.pipeline import served_rate
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -243,7 +243,7 @@ def load_tracks(folder: str | Path, recipe: Recipe) -> tuple[list[Track], float,
     if len(rates) > 1:
         raise InputError(folder, f"tracks at different sample rates ({', '.join(f'{r:g}' for r in sorted(rates))} Hz)")
     rate = rates.pop()
-    served = _served_rate(recipe, rate)
+    served = served_rate(recipe, rate)
 
     def tensor(data: np.ndarray) -> Tensor:
         data = data if served == rate else resample(data, rate, served)
