@@ -46,8 +46,8 @@ from demux.pipeline import (
     StageReport,
     WarmStart,
     build_stage_transform,
-    served_rate,
     run_stage,
+    served_rate,
     stage_inputs,
     stage_model,
 )
