@@ -390,6 +390,7 @@ def stage_inputs(stage: StageSpec, coeffs: Tensor, transform: Transform, length:
 
     names = list(stage.sources)
     S, Kf = len(names), p.shape[1]
+    quiet = torch.log(p + 1e-30).clamp(max=0.0)  # (B, Kf): power is normalised to mean 1
     prior = torch.zeros(B, S, Kf, device=p.device)
     support = torch.ones(S, Kf, device=p.device)
     locks = torch.zeros(S, Kf, dtype=torch.bool, device=p.device)
@@ -416,7 +417,10 @@ def stage_inputs(stage: StageSpec, coeffs: Tensor, transform: Transform, length:
                 flat(grid.direction_deg).float(), direction=src.steering.direction, width=src.steering.width
             )
             member = torch.minimum(member, toward)
-        prior[:, s] = support_log_odds(member, outside=src.outside)
+        # outside its support a source's variance is e^outside, or e^outside times the
+        # observed power where that is below the mean: an absolute floor alone let another
+        # source take the quiet stretches of its own band (log-power far below -8 there)
+        prior[:, s] = support_log_odds(member, outside=src.outside) + (1 - member) * quiet
         support[s] = member
         if src.harmonic:
             prior[:, s] += _harmonic_prior(src.harmonic, p, freq, K, per_channel, key, recipe_source)
