@@ -9,7 +9,7 @@ Three measurements, on ``THREADS`` torch threads (the target machine has 2 cores
   its inverse, the speed relative to real time.
 - **Peak memory** of :func:`demux.separate` on N minutes of 44.1 kHz stereo noise plus
   tones with ``tones-fft``, chunked at ``demux separate``'s defaults (30 s segments,
-  overlap 0.1, 4 chunks a batch), for 1 and 5 minutes (0.5 and 2 with ``quick``). Each
+  overlap 0.1, one chunk a batch: the CLI defaults), for 1 and 5 minutes (0.5 and 2 with ``quick``). Each
   length runs in a fresh subprocess; its peak resident set is the ``ru_maxrss`` of that
   child as ``os.wait4`` reports it (``getrusage(RUSAGE_CHILDREN)`` for one child alone),
   beside what the child held before separating (interpreter, torch, the signal) and the
@@ -45,7 +45,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 RTF_SECONDS = 10.0
 MEMORY_RATE, MEMORY_CHANNELS, MEMORY_RECIPE = 44_100, 2, "tones-fft"
 #: ``demux separate``'s defaults (``demux.batch.Options``).
-SEGMENT, OVERLAP, BATCH_SIZE = 30.0, 0.1, 4
+SEGMENT, OVERLAP, BATCH_SIZE = 30.0, 0.1, 1  # the CLI defaults
 
 
 def noise_and_tones(seconds: float, rate: float, *, channels: int = 1, seed: int = 0) -> np.ndarray:
