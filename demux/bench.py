@@ -18,7 +18,7 @@ averaged over channels, as ``demux evaluate`` does.
 Complex baseband (I/Q) scenarios (``radio``, ``radar-mti``): BSS-Eval scores the real and
 imaginary parts as two channels and averages them, the convention of ``demux evaluate``
 (which reads a complex stem as its ``[real, imag]`` channels); SI-SDR is the complex
-SI-SDR (:func:`complex_si_sdr`: the scale is a complex gain, so a phase rotation costs
+SI-SDR (:func:`demux.metrics.si_sdr` on complex signals: the scale is a complex gain, so a phase rotation costs
 nothing, as for an unknown carrier phase). Every method gets the complex mixture; the
 oracles use the recipe's two-sided transform.
 
@@ -355,27 +355,6 @@ def assign_stems(
     return {name: _float64(np.asarray(estimates.get(name, np.zeros_like(like)))) for name in refs}, mapping
 
 
-def complex_si_sdr(estimate: Tensor, reference: Tensor) -> Tensor:
-    """SI-SDR of complex signals with a complex scale ``a = <e, r> / ||r||^2``, dB.
-
-    ``10 log10(|<e, r>|^2 / (||e||^2 ||r||^2 - |<e, r>|^2))``: invariant to any complex
-    gain of the estimate (its phase too), and equal to the real SI-SDR for real signals.
-    Computed as :func:`demux.metrics.si_sdr` of ``[real, imag]`` joined along time after
-    the estimate is rotated by the phase of ``<e, r>`` (which makes the best complex scale
-    real), so the metrics' 80 dB cap, NaN for silence and warnings carry over.
-
-    Args:
-        estimate, reference: ``(..., S, T)`` complex.
-
-    Returns:
-        ``(..., S)`` dB.
-    """
-    inner = (estimate * reference.conj()).sum(dim=-1, keepdim=True)
-    phase = torch.where(inner == 0, torch.ones_like(inner), torch.sgn(inner))
-    aligned = estimate * phase.conj()
-    return si_sdr(torch.cat([aligned.real, aligned.imag], dim=-1), torch.cat([reference.real, reference.imag], dim=-1))
-
-
 def _real_channels(x: Tensor) -> Tensor:
     """``(C, S, T)`` -> ``(2C, S, T)`` ``[real; imag]`` channels for complex ``x`` (as ``demux evaluate`` reads I/Q)."""
     return torch.cat([x.real, x.imag]) if x.is_complex() else x
@@ -385,7 +364,7 @@ def score(refs: Mapping[str, np.ndarray], estimates: Mapping[str, np.ndarray]) -
     """BSS-Eval v3 (fast engine, labelled) and SI-SDR of each reference, mean over channels.
 
     Complex (I/Q) signals: BSS-Eval of the real and imaginary parts as two channels each,
-    and :func:`complex_si_sdr` per complex channel.
+    and the complex SI-SDR of :func:`demux.metrics.si_sdr` per complex channel.
 
     An all-zero estimate of a non-silent reference channel scores SDR = SI-SDR = -inf (no
     part of the target is recovered; the metrics themselves say NaN, which a median would
@@ -402,7 +381,7 @@ def score(refs: Mapping[str, np.ndarray], estimates: Mapping[str, np.ndarray]) -
     bss_ref, bss_est = _real_channels(ref), _real_channels(est)
     result = bss_eval(bss_ref, bss_est, engine="fast", permutation=False)
     values = {"sdr": result.sdr, "sir": result.sir, "sar": result.sar,
-              "si_sdr": complex_si_sdr(est, ref) if est.is_complex() else si_sdr(est, ref)}
+              "si_sdr": si_sdr(est, ref)}  # complex signals: a complex scale, blind to carrier phase
 
     def missed(e: Tensor, r: Tensor) -> Tensor:  # (C, S)
         return (e == 0).all(dim=-1) & ~(r == 0).all(dim=-1)
@@ -874,7 +853,6 @@ __all__ = [
     "assign_stems",
     "band_overrides",
     "baselines_for",
-    "complex_si_sdr",
     "make_items",
     "markdown",
     "reference_groups",
