@@ -208,21 +208,14 @@ def _check_alike(signal: _Loaded, like: _Loaded) -> None:
         raise InputError(signal.path, f"{C} channels but {like.path} has {ref_C}")
 
 
-def _channel_mean(values: torch.Tensor) -> list[float]:
-    """``(C, S)`` dB -> per-source mean over the channels that are defined."""
-    defined = ~torch.isnan(values)
-    total = torch.where(defined, values, 0.0).sum(dim=0)
-    count = defined.sum(dim=0)
-    return [float(t / c) if c else math.nan for t, c in zip(total, count)]
-
-
 def _score(refs: torch.Tensor, ests: torch.Tensor, engine: Engine) -> dict[str, list[float]]:
     """``(S, C, T)`` references and estimates -> metric -> per-source values."""
     by_channel_ref = refs.movedim(1, 0)  # (C, S, T): channels are a batch
     by_channel_est = ests.movedim(1, 0)
     result = bss_eval(by_channel_ref, by_channel_est, engine=engine, permutation=False)
     scores = {"sdr": result.sdr, "sir": result.sir, "sar": result.sar, "si_sdr": si_sdr(by_channel_est, by_channel_ref)}
-    return {name: _channel_mean(value) for name, value in scores.items()}
+    # per source, the mean over the channels where the score is defined (NaN if none is)
+    return {name: torch.nanmean(value, dim=0).tolist() for name, value in scores.items()}
 
 
 def _evaluate_track(

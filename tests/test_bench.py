@@ -87,9 +87,11 @@ def test_progress_covers_every_step(run, multitone):
     assert steps[0][2] == "multitone: demux"
 
 
-def test_oracle_is_the_ceiling(multitone):
-    best_oracle = max(m.median("sdr") for m in multitone.methods if m.kind == "oracle")
-    for method in multitone.methods:
+@pytest.mark.parametrize("scenario", ["multitone", "radar"])
+def test_oracle_is_the_ceiling(request, scenario):
+    result = request.getfixturevalue(scenario)
+    best_oracle = max(m.median("sdr") for m in result.methods if m.kind == "oracle")
+    for method in result.methods:
         if method.kind != "oracle":
             assert best_oracle >= method.median("sdr"), method.method
 
@@ -258,13 +260,6 @@ def test_complex_markdown_says_how_iq_is_scored(result, radar):
     assert "2000 Hz, complex I/Q; references: clutter, targets, noise." in text
     assert "as two channels" in text and "complex SI-SDR" in text
     assert "complex SI-SDR" not in markdown(result)  # only where a scenario is complex
-
-
-def test_complex_oracle_is_the_ceiling(radar):
-    best_oracle = max(m.median("sdr") for m in radar.methods if m.kind == "oracle")
-    for method in radar.methods:
-        if method.kind != "oracle":
-            assert best_oracle >= method.median("sdr"), method.method
 
 
 def test_complex_mixture_row_is_the_mixture_scored_directly(radar):
