@@ -45,11 +45,13 @@ from demux.pipeline import (
     Separation,
     StageReport,
     WarmStart,
+    as_batched,
     build_stage_transform,
     run_stage,
     served_rate,
     stage_inputs,
     stage_model,
+    unbatch,
 )
 from demux.recipe import Recipe, check_against_signal, load_recipe
 
@@ -132,15 +134,13 @@ def separate_online(
         ParameterError: bad ``window``/``hop``/``forgetting``, a sample rate the recipe
             does not serve, or a signal that is not 2-D or 3-D.
     """
-    x, unbatched = _as_batched(signal)
+    x, unbatched = as_batched(signal)
     windows: list[WindowReport] = []
     run = _OnlineRun(recipe, sample_rate, window=window, hop=hop, seed=seed, forgetting=forgetting, device=device,
                      on_window=windows.append)
     pieces = run.push(x) + run.finish()
     stems = {name: torch.cat([p[name] for p in pieces], dim=-1) for name in pieces[0]}
-    if unbatched:
-        stems = {name: s.squeeze(0) for name, s in stems.items()}
-    return OnlineResult(stems=stems, sample_rate=float(sample_rate), windows=windows)
+    return OnlineResult(stems=unbatch(stems, unbatched), sample_rate=float(sample_rate), windows=windows)
 
 
 def stream(
@@ -176,11 +176,11 @@ def stream(
                      on_window=on_window)
     unbatched = None
     for chunk in chunks:
-        x, chunk_unbatched = _as_batched(chunk)
+        x, chunk_unbatched = as_batched(chunk)
         if unbatched is None:
             unbatched = chunk_unbatched
-        yield from (_squeeze(piece, unbatched) for piece in run.push(x))
-    yield from (_squeeze(piece, bool(unbatched)) for piece in run.finish())
+        yield from (unbatch(piece, unbatched) for piece in run.push(x))
+    yield from (unbatch(piece, bool(unbatched)) for piece in run.finish())
 
 
 class _OnlineRun:
@@ -358,14 +358,3 @@ def _initial_theta(stage, x: Tensor, sample_rate: float, recipe_source: str) -> 
     transform = build_stage_transform(stage, sample_rate, recipe_source).to(x.device)
     inputs, _ = stage_inputs(stage, transform(x).detach(), transform, x.shape[-1], recipe_source)
     return stage_model(stage, inputs).initial()
-
-
-def _as_batched(signal: Tensor | np.ndarray) -> tuple[Tensor, bool]:
-    x = torch.as_tensor(np.asarray(signal) if isinstance(signal, np.ndarray) else signal)
-    if x.dim() not in (2, 3):
-        raise ParameterError(f"signal must be (channel, time) or (batch, channel, time), got shape {tuple(x.shape)}")
-    return (x.unsqueeze(0), True) if x.dim() == 2 else (x, False)
-
-
-def _squeeze(piece: dict[str, Tensor], unbatched: bool) -> dict[str, Tensor]:
-    return {name: s.squeeze(0) for name, s in piece.items()} if unbatched else piece

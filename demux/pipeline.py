@@ -185,12 +185,7 @@ def separate(
         RecipeError: a recipe value is impossible for this signal.
     """
     recipe = load_recipe(recipe) if isinstance(recipe, str) else recipe
-    x = torch.as_tensor(np.asarray(signal) if isinstance(signal, np.ndarray) else signal)
-    unbatched = x.dim() == 2
-    if unbatched:
-        x = x.unsqueeze(0)
-    if x.dim() != 3:
-        raise ParameterError(f"signal must be (channel, time) or (batch, channel, time), got shape {tuple(x.shape)}")
+    x, unbatched = as_batched(signal)
     x = x.to(device=device, dtype=torch.complex64 if x.is_complex() else torch.float32)
     length = x.shape[-1]
     rate = served_rate(recipe, sample_rate)
@@ -205,9 +200,24 @@ def separate(
                                       overlap=overlap, batch_size=batch_size, learned=learned)
     if rate != sample_rate:
         stems = {name: _fit_length(_resample(s, rate, sample_rate), length) for name, s in stems.items()}
-    if unbatched:
-        stems = {name: s.squeeze(0) for name, s in stems.items()}
-    return Separation(stems=stems, sample_rate=float(sample_rate), stages=reports)
+    return Separation(stems=unbatch(stems, unbatched), sample_rate=float(sample_rate), stages=reports)
+
+
+def as_batched(signal: Tensor | np.ndarray) -> tuple[Tensor, bool]:
+    """``(channel, time)`` or ``(batch, channel, time)`` -> ``((batch, channel, time), was it unbatched)``.
+
+    Raises:
+        ParameterError: the signal has another number of dimensions.
+    """
+    x = torch.as_tensor(np.asarray(signal) if isinstance(signal, np.ndarray) else signal)
+    if x.dim() not in (2, 3):
+        raise ParameterError(f"signal must be (channel, time) or (batch, channel, time), got shape {tuple(x.shape)}")
+    return (x.unsqueeze(0), True) if x.dim() == 2 else (x, False)
+
+
+def unbatch(stems: dict[str, Tensor], unbatched: bool) -> dict[str, Tensor]:
+    """Undo :func:`as_batched` on every stem."""
+    return {name: s.squeeze(0) for name, s in stems.items()} if unbatched else stems
 
 
 def _run_stages(recipe: Recipe, x: Tensor, rate: float, *, seed: int, on_stage,

@@ -32,8 +32,12 @@ def tones(freqs_amps: list[tuple[float, float]], *, sample_rate: float, seconds:
     return out.float()
 
 
-def si_sdr_db(estimate: torch.Tensor, reference: torch.Tensor) -> float:
-    """Scale-invariant SDR in dB, written out here so the tests do not lean on demux.metrics."""
-    estimate, reference = estimate.double().flatten(), reference.double().flatten()
-    target = (estimate @ reference) / (reference @ reference) * reference
-    return float(10 * torch.log10(target.square().sum() / (estimate - target).square().sum()))
+def si_sdr_db(estimate, reference) -> float:
+    """Scale-invariant SDR in dB, written out here so the tests do not lean on demux.metrics.
+
+    Complex (I/Q) signals take a complex scale ``<e, r> / ||r||^2`` (blind to carrier phase).
+    """
+    estimate = torch.as_tensor(estimate).flatten().to(torch.complex128)
+    reference = torch.as_tensor(reference).flatten().to(torch.complex128)
+    target = (torch.vdot(reference, estimate) / torch.vdot(reference, reference)) * reference
+    return float(10 * torch.log10(target.abs().square().sum() / (estimate - target).abs().square().sum()))
