@@ -22,14 +22,16 @@ serves STFT grids, packed wavelet levels and spectra.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from demux.priors.combine import sigmoid_masks, softmax_masks
-from demux.trust_region import Dropout
+from demux.trust_region import Dropout, Quadratic
 
+_EPS = 1e-12  # in log(ratio + eps): a coefficient of zero power
 _RIDGE = 1e-3  # keeps per-frame and per-coefficient blocks identifiable where the data says nothing
 
 
@@ -109,7 +111,8 @@ class VarianceModel:
         }
         # a coefficient counts in the likelihood as far as some source may take it
         self._coverage = inputs.support.sum(0).clamp(max=1.0)
-        self._spread = _Spread(inputs.group, inputs.frame, inputs.grid_shape)
+        self._spread = _Spread(inputs.group, inputs.frame, inputs.grid_shape, inputs.n_groups, inputs.n_frames)
+        self._direct, self._centre = self._direct_terms()
 
     @property
     def n_params(self) -> int:
@@ -151,8 +154,12 @@ class VarianceModel:
 
     def fitted_part(self, theta: Tensor) -> Tensor:
         """``(B, S, Kf)`` the fitted log-variance (everything but the fixed prior)."""
-        x, p, spread = self.inputs, self.unpack(theta), self._spread
-        z = spread.by_group(p["level"] + x.learned[None])
+        return self._fitted(self.unpack(theta), offset=self.inputs.learned)
+
+    def _fitted(self, p: dict[str, Tensor], *, offset: Tensor | None) -> Tensor:
+        """``J theta (+ offset on level)``: the fitted part is linear in the parameters."""
+        x, spread = self.inputs, self._spread
+        z = spread.by_group(p["level"] if offset is None else p["level"] + offset[None])
         if self.gain_sources:
             z = z + spread.by_frame(self._all_sources(p["gain"], self.gain_sources))
         if self.energy_sources:
@@ -163,6 +170,22 @@ class VarianceModel:
         if self.detail_sources:
             z = z + self._all_sources(p["detail"], self.detail_sources)
         return z
+
+    def _pull(self, c: Tensor) -> Tensor:
+        """``(B, S, Kf) -> (B, P)``: ``J^T c``, the adjoint of :meth:`_fitted` without offset."""
+        x, spread = self.inputs, self._spread
+        e, E = x.log_power, x.local_energy
+        blocks = {"level": spread.group_sum(c)}
+        if self.gain_sources:
+            blocks["gain"] = spread.frame_sum(c[:, self.gain_sources])
+        if self.energy_sources:
+            energy = c[:, self.energy_sources]
+            blocks["beta"] = spread.group_sum(energy * e[:, None])
+            blocks["alpha"] = spread.group_sum(energy * E[:, None])
+        if self.detail_sources:
+            blocks["detail"] = c[:, self.detail_sources]
+        B = c.shape[0]
+        return torch.cat([blocks[name].reshape(B, -1) for name, size in self.sizes.items() if size[0] * size[1]], 1)
 
     def _all_sources(self, block: Tensor, sources: list[int]) -> Tensor:
         """``(B, S, cols)``: ``block`` ``(B, len(sources), cols)`` in its sources' rows, zeros elsewhere."""
@@ -186,14 +209,85 @@ class VarianceModel:
         fitted = self.fitted_part(theta)
         log_v = torch.logsumexp(x.prior + x.support * fitted, dim=1)  # (B, Kf)
         ratio = x.power * torch.exp(-log_v)
-        divergence = (ratio - torch.log(ratio + 1e-12) - 1.0) * self._coverage
-        if dropout is not None:
-            generator = torch.Generator(device="cpu").manual_seed(int(dropout.seed))
-            draw = torch.rand(divergence.shape, generator=generator, dtype=divergence.dtype).to(divergence.device)
-            rate = dropout.rate.to(divergence.dtype)[:, None]
-            divergence = divergence * (draw >= rate) / (1.0 - rate)
-        loss = divergence.mean(dim=1)
-        return loss + self.penalty(theta, fitted)
+        divergence = (ratio - torch.log(ratio + _EPS) - 1.0) * self._weights(dropout, like=ratio)
+        return divergence.mean(dim=1) + self.penalty(theta, fitted)
+
+    def _weights(self, dropout: Dropout | None, *, like: Tensor) -> Tensor:
+        """``(B, Kf)`` (or ``(Kf,)``) weight of each coefficient's divergence: its coverage,
+        times the dropout keep-mask over the keep rate (the draw of ``dropout.seed``)."""
+        if dropout is None:
+            return self._coverage
+        generator = torch.Generator(device="cpu").manual_seed(int(dropout.seed))
+        draw = torch.rand(like.shape, generator=generator, dtype=like.dtype).to(like.device)
+        rate = dropout.rate.to(like.dtype)[:, None]
+        return self._coverage * (draw >= rate) / (1.0 - rate)
+
+    def quadratic(self, theta: Tensor, dropout: Dropout | None = None, *, gauss_newton: bool = False) -> Quadratic:
+        """Loss, gradient and Hessian-vector products at ``theta`` in closed form (no autograd).
+
+        The fitted part is linear, ``f = J theta``, and the divergence of coefficient k
+        depends on the logits only through ``L_k = log V_k``, so per coefficient the
+        Hessian in the logits is ``D'' m m^T + D' (diag(m) - m m^T)`` (``m`` the softmax,
+        ``D', D''`` the divergence's derivatives in ``L``). A product is then a gather
+        (``J v``), a few passes over the coefficients and a scatter-add (``J^T``);
+        ``gauss_newton`` keeps only ``max(D'', 0) m m^T`` (positive semi-definite).
+        The penalties are quadratic in theta, so their part is exact either way.
+
+        Args:
+            theta: ``(B, P)``.
+            dropout: as for :meth:`objective` (the same draw).
+            gauss_newton: drop the second term (the one that may be indefinite).
+
+        Returns:
+            A :class:`~demux.trust_region.Quadratic` whose ``hvp`` maps ``(B, P) -> (B, P)``.
+        """
+        x = self.inputs
+        theta = theta.detach()
+        fitted = self.fitted_part(theta)
+        z = x.prior + x.support * fitted
+        log_v = torch.logsumexp(z, dim=1)
+        m = torch.exp(z - log_v[:, None])
+        ratio = x.power * torch.exp(-log_v)
+        weights = self._weights(dropout, like=ratio)
+        # the same operations as objective(), so that rho compares bit-comparable losses
+        loss = ((ratio - torch.log(ratio + _EPS) - 1.0) * weights).mean(dim=1) + self.penalty(theta, fitted)
+        weight = weights / ratio.shape[1]
+        shrink = ratio / (ratio + _EPS)
+        first = weight * (shrink - ratio)  # (B, Kf) D' (the divergence's slope in log V), weighted
+        second = weight * ratio * (1.0 - _EPS / (ratio + _EPS) ** 2)  # D''
+        if gauss_newton:
+            second = second.clamp_min(0.0)
+        sm = x.support * m
+        grad = self._pull(self._smooth(fitted, sm * first[:, None])) + self._direct * (theta - self._centre)
+
+        def hvp(v: Tensor) -> Tensor:
+            a = self._fitted(self.unpack(v), offset=None)
+            u = (sm * a).sum(1, keepdim=True)  # (B, 1, Kf) change of log V
+            if gauss_newton:
+                c = sm * (second[:, None] * u)
+            else:
+                c = sm * ((second - first)[:, None] * u + first[:, None] * x.support * a)
+            return self._pull(self._smooth(a, c)) + self._direct * v
+
+        return Quadratic(loss=loss, grad=grad, hvp=hvp)
+
+    def mask_vjp(self, theta: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]] | None:
+        """Masks ``(B, M)`` (``M = S * Kf``) at ``theta`` and products with the transpose of
+        their Jacobian, ``(B, M) -> (B, P)``, in closed form: with softmax masks
+        ``J_z^T w = m * (w - sum_t m_t w_t)`` per coefficient, then the support and ``J^T``.
+        ``None`` for sigmoid masks (autograd does it).
+        """
+        if self.combiner == "sigmoid":
+            return None
+        x = self.inputs
+        m = softmax_masks(self.logits(theta.detach()))
+        B, S, Kf = m.shape
+
+        def vjp(w: Tensor) -> Tensor:
+            w = w.view(B, S, Kf)
+            return self._pull(x.support * m * (w - (m * w).sum(1, keepdim=True)))
+
+        return m.flatten(1), vjp
 
     def penalty(self, theta: Tensor, fitted: Tensor) -> Tensor:
         """``(B,)`` smoothness, noise-anchor and ridge penalties."""
@@ -215,6 +309,45 @@ class VarianceModel:
         return total
 
 
+    def _smooth(self, fitted: Tensor, c: Tensor) -> Tensor:
+        """``c`` plus the gradient of the smoothness penalties with respect to the fitted
+        part ``fitted`` (equally their Hessian's product with a direction), ``(B, S, Kf)``."""
+        x = self.inputs
+        B, S = fitted.shape[:2]
+        grid = fitted.reshape(B, S, *x.grid_shape)
+        out = c.view(grid.shape)
+        axes = ((-1, "smooth_time"), (-2, "smooth_freq")) if len(x.grid_shape) >= 2 else ((-1, "smooth_freq"),)
+        for axis, name in axes:
+            weights = [getattr(b, name) for b in self.blocks]
+            if not any(weights) or grid.shape[axis] < 2:
+                continue
+            n_diff = grid[0, 0].numel() // grid.shape[axis] * (grid.shape[axis] - 1)
+            scale = torch.tensor(weights, dtype=grid.dtype, device=grid.device) * (2.0 / n_diff)
+            d = grid.diff(dim=axis)
+            pad = [0, 0] * (-axis - 1)
+            d_t = torch.nn.functional.pad(d, [*pad, 1, 0]) - torch.nn.functional.pad(d, [*pad, 0, 1])  # D^T d
+            out = out + scale.view(1, S, *([1] * len(x.grid_shape))) * d_t
+        return out.reshape(B, S, -1)  # c itself (no copy) when no source is smoothed
+
+    def _direct_terms(self) -> tuple[Tensor, Tensor]:
+        """``(P,)`` curvature and ``(B, P)`` centre of the penalties on theta itself
+        (noise anchor on ``level``, ridge on ``gain`` and ``detail``): their gradient is
+        ``curvature * (theta - centre)``."""
+        x = self.inputs
+        B, like = x.power.shape[0], {"dtype": x.power.dtype, "device": x.power.device}
+        curvature, centre = [], []
+        for name, (rows, cols) in self.sizes.items():
+            if name == "level":
+                anchor = torch.tensor([b.anchor_weight for b in self.blocks], **like)
+                curvature.append((2.0 * anchor / cols)[:, None].expand(rows, cols).reshape(-1))
+                centre.append(torch.where(anchor[None, :, None] > 0, x.anchor, 0.0).reshape(B, -1))
+                continue
+            ridge = 2.0 * _RIDGE / max(rows * cols, 1) if name in ("gain", "detail") else 0.0
+            curvature.append(torch.full((rows * cols,), ridge, **like))
+            centre.append(torch.zeros(B, rows * cols, **like))
+        return torch.cat(curvature), torch.cat(centre, 1)
+
+
 class _Spread:
     """Spreads per-group and per-frame tables over the flat coefficients.
 
@@ -225,8 +358,9 @@ class _Spread:
     more on CPU. Other grids (packed wavelet levels) fall back to that gather.
     """
 
-    def __init__(self, group: Tensor, frame: Tensor, grid_shape: tuple[int, ...]):
+    def __init__(self, group: Tensor, frame: Tensor, grid_shape: tuple[int, ...], n_groups: int, n_frames: int):
         self.rows, self.cols = math.prod(grid_shape[:-1]), grid_shape[-1]
+        self.n_groups, self.n_frames = n_groups, n_frames
         g, f = group.view(self.rows, self.cols), frame.view(self.rows, self.cols)
         self.separable = bool((g == g[:, :1]).all()) and bool((f == f[:1, :]).all())
         self.group, self.frame = (g[:, 0], f[0, :]) if self.separable else (group, frame)
@@ -240,6 +374,20 @@ class _Spread:
         """``(B, R, N)`` -> ``(B, R, 1, cols)`` (separable) or ``(B, R, Kf)``."""
         out = table[:, :, self.frame]
         return out.unsqueeze(-2) if self.separable else out
+
+    def group_sum(self, values: Tensor) -> Tensor:
+        """``(B, R, Kf) -> (B, R, G)``: the adjoint of :meth:`by_group`."""
+        B, R = values.shape[:2]
+        if self.separable:
+            values = values.view(B, R, self.rows, self.cols).sum(-1)
+        return values.new_zeros(B, R, self.n_groups).index_add_(2, self.group, values)
+
+    def frame_sum(self, values: Tensor) -> Tensor:
+        """``(B, R, Kf) -> (B, R, N)``: the adjoint of :meth:`by_frame`."""
+        B, R = values.shape[:2]
+        if self.separable:
+            values = values.view(B, R, self.rows, self.cols).sum(-2)
+        return values.new_zeros(B, R, self.n_frames).index_add_(2, self.frame, values)
 
     def view(self, values: Tensor) -> Tensor:
         """``(B, Kf)`` -> ``(B, 1, rows, cols)`` (separable) or ``(B, 1, Kf)``."""

@@ -15,6 +15,7 @@ from demux.errors import ParameterError
 from demux.trust_region import (
     DROPOUT_SCHEDULES,
     Dropout,
+    Quadratic,
     TrustRegionConfig,
     dropout_cap,
     minimize,
@@ -527,3 +528,23 @@ def test_bad_inputs_are_refused():
         minimize(loss, torch.ones(2, 3), masks=lambda x: x.flatten())
     with pytest.raises(ParameterError, match="config must be a TrustRegionConfig"):
         minimize(loss, torch.ones(2, 3), config={"max_iter": 3})
+    with pytest.raises(ParameterError, match='hessian="gauss-newton" needs the objective\'s curvature'):
+        minimize(loss, torch.ones(2, 3), config=TrustRegionConfig(hessian="gauss-newton"))
+
+
+def test_gauss_newton_curvature_reaches_the_minima_of_quadratics():
+    """A closed-form ``curvature`` (here the exact Hessian of quadratics, which is its own
+    Gauss-Newton matrix) replaces autograd and reaches scipy's minima."""
+    a, c = _spd(3, 4, seed=7), torch.randn(3, 4, generator=torch.Generator().manual_seed(8), dtype=F64)
+    objective = _quadratic(a, c)
+    calls = []
+
+    def curvature(theta, dropout, *, gauss_newton):
+        calls.append(gauss_newton)
+        grad = torch.einsum("bpq,bq->bp", a, theta) - c
+        return Quadratic(objective(theta), grad, lambda v: torch.einsum("bpq,bq->bp", a, v))
+
+    config = TrustRegionConfig(hessian="gauss-newton", dropout_schedule="none", gtol=1e-10, **SCIPY_RADII)
+    result = minimize(objective, torch.zeros(3, 4, dtype=F64), config=config, curvature=curvature)
+    torch.testing.assert_close(result.theta, torch.linalg.solve(a, c), rtol=1e-8, atol=1e-9)
+    assert calls and all(calls)
