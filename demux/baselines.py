@@ -467,6 +467,166 @@ def wavelet_denoise(mixture: Tensor, sample_rate: float, *, wavelet: str = "db4"
     return {"clean": _from_numpy(clean, mixture), "noise": _from_numpy(x - clean, mixture)}
 
 
+# ---------------------------------------------------------------------------------------
+# EEG: what a practitioner does about blinks and muscle
+
+
+def eeg_bandpass(mixture: Tensor, sample_rate: float, *, low_hz: float = 1.0, high_hz: float = 30.0,
+                 order: int = 4) -> dict[str, Tensor]:
+    """The usual EEG filter: zero-phase Butterworth ``low_hz``-``high_hz`` on every channel.
+
+    Returns:
+        ``brain`` (the pass band), ``blink`` (below ``low_hz``, where blinks have most of
+        their power) and ``muscle`` (the rest: mostly above ``high_hz``), each ``(B, C, T)``;
+        they sum to the mixture.
+    """
+    _check_mixture(mixture)
+    x = _to_numpy(mixture)
+    brain = _band_filter(x, float(sample_rate), float(low_hz), float(high_hz), order)
+    blink = _band_filter(x, float(sample_rate), 0.0, float(low_hz), order)
+    return {name: _from_numpy(v, mixture) for name, v in (("brain", brain), ("blink", blink),
+                                                          ("muscle", x - brain - blink))}
+
+
+def _outliers(score: np.ndarray, threshold: float) -> np.ndarray:
+    """Indices whose robust z-score ``(score - median) / (1.4826 * MAD)`` over components exceeds ``threshold``.
+
+    (A plain z-score cannot flag anything among few components: with ``n`` of them it is at
+    most ``(n - 1) / sqrt(n)``, 2.5 for 8.)
+    """
+    median = np.median(score)
+    spread = max(1.4826 * float(np.median(np.abs(score - median))), 1e-12)
+    return np.flatnonzero((score - median) / spread > threshold)
+
+
+def eeg_ica_reject(mixture: Tensor, sample_rate: float, *, eog_channels: tuple[int, ...] = (), threshold: float = 3.0,
+                   seed: int = 0, max_iter: int = 1000) -> dict[str, Tensor]:
+    """FastICA (scikit-learn) + automatic blink-component rejection, as EEGLAB/MNE users do; muscle is left in.
+
+    The blink components are the outliers (robust z-score above ``threshold``) of the
+    components' largest absolute correlation with the EOG channels, both filtered to
+    1-10 Hz (MNE's ``find_bads_eog``), or of their kurtosis when no EOG channel is named (EEGLAB's
+    ``pop_rejkurt`` on components). Their back-projection is the ``blink`` stem.
+
+    Args:
+        mixture: ``(B, C, T)`` real, ``C >= 2``.
+        eog_channels: indices of EOG channels in the mixture (may be empty).
+        threshold: z-score a component must exceed.
+        seed: FastICA's ``random_state``.
+
+    Returns:
+        ``brain`` (the mixture minus ``blink``), ``blink`` and ``muscle`` (zeros: this
+        method does not estimate it), each ``(B, C, T)``.
+    """
+    from scipy.stats import kurtosis
+    from sklearn.decomposition import FastICA
+
+    B, C, T = _check_mixture(mixture)
+    if C < 2:
+        raise ParameterError("eeg-ica-reject needs a multichannel mixture (channel >= 2)")
+    if any(not 0 <= int(c) < C for c in eog_channels):
+        raise ParameterError(f"eog_channels={tuple(eog_channels)} must index the {C} channels")
+    x = _to_numpy(mixture)
+    blink = np.zeros_like(x)
+    for b in range(B):
+        ica = FastICA(n_components=C, whiten="unit-variance", random_state=seed, max_iter=max_iter)
+        s = ica.fit_transform(x[b].T).T  # (C, T)
+        if len(eog_channels):
+            # both filtered to 1-10 Hz first, as find_bads_eog does: blinks live there
+            s_eog = _band_filter(np.concatenate([s, x[b, list(eog_channels)]]), float(sample_rate), 1.0, 10.0, 4)
+            score = np.abs(np.corrcoef(s_eog)[:C, C:]).max(axis=1)
+        else:
+            score = kurtosis(s, axis=1)
+        bad = _outliers(score, threshold)
+        blink[b] = ica.mixing_[:, bad] @ s[bad]
+    return {"brain": _from_numpy(x - blink, mixture), "blink": _from_numpy(blink, mixture),
+            "muscle": _from_numpy(np.zeros_like(x), mixture)}
+
+
+# ---------------------------------------------------------------------------------------
+# microphone arrays: beamformers steered at the directions found in the mixture
+
+
+def _beams(mixture: Tensor, sample_rate: float, *, weights: Callable[[Tensor, Tensor], Tensor], n_elements: int | None,
+           spacing_m: float, n_sources: int, directions_deg, speed_m_s: float, n_fft: int,
+           hop: int | None) -> dict[str, Tensor]:
+    """Stems ``beam1..`` of a beamformer: each beam's output put back at the mics by its steering vector.
+
+    ``weights(steering (S, M, F), spectra (M, F, N)) -> (S, M, F)`` gives each beam's weights
+    ``w`` (output ``w^H x``, distortionless: ``w^H a = 1``). Directions: ``directions_deg``
+    or, per item, :meth:`~demux.transforms.spatial.ArraySTFT.find_directions` (as demux's
+    ``array-beamform`` finds them), ascending.
+    """
+    from demux.transforms.spatial import ArraySTFT
+
+    B, C, T = _check_mixture(mixture)
+    if isinstance(n_sources, bool) or not isinstance(n_sources, int) or n_sources < 1:
+        raise ParameterError(f"{n_sources=} is not an integer >= 1")
+    tf = ArraySTFT(sample_rate, n_elements or C, spacing_m, speed_m_s=speed_m_s, n_fft=n_fft, hop=hop)
+    coeffs = _analyse(tf, mixture)  # (B, M, F, N)
+    out = torch.zeros(n_sources, B, C, T, dtype=torch.float64)
+    for b in range(B):
+        found = tf.find_directions(coeffs[b : b + 1], n=n_sources)[0] if directions_deg is None else directions_deg
+        steering = tf.steering(torch.as_tensor(sorted(found), dtype=torch.float64))  # (S, M, F)
+        w = weights(steering, coeffs[b])
+        beams = torch.einsum("smf,mfn->sfn", w.conj(), coeffs[b])
+        images = tf.inverse(steering[..., None] * beams[:, None], T)  # (S, M, T)
+        out[: len(found), b] = images
+    return {f"beam{k + 1}": out[k].to(mixture) for k in range(n_sources)}
+
+
+def delay_and_sum(mixture: Tensor, sample_rate: float, *, spacing_m: float, n_sources: int,
+                  directions_deg: tuple[float, ...] | None = None, n_elements: int | None = None,
+                  speed_m_s: float = 343.0, n_fft: int = 1024, hop: int | None = None) -> dict[str, Tensor]:
+    """Delay-and-sum beams of a uniform linear array, one per source direction.
+
+    Beam ``s`` is ``a_s^H x / M`` per STFT bin (``a_s`` the plane-wave steering vector of
+    direction ``s``; :class:`~demux.transforms.spatial.ArraySTFT` geometry and angle
+    convention), put back at the mics as ``a_s`` times it, so each stem is a source image
+    ``(C, T)``. Beams are spatial filters, not a partition: the stems do not sum to the
+    mixture (no residual stem: what no beam passes is not one source).
+
+    Args:
+        mixture: ``(B, M, T)`` real, the mics in order along the array.
+        spacing_m: mic spacing, metres (the array centred on the origin).
+        n_sources: beams per item; directions not found give silent stems.
+        directions_deg: the sources' directions, degrees; default: found in each item.
+
+    Returns:
+        ``beam1``... ``(B, M, T)``, by ascending direction.
+    """
+    return _beams(mixture, sample_rate, weights=lambda a, x: a / a.shape[1], n_elements=n_elements, spacing_m=spacing_m,
+                  n_sources=n_sources, directions_deg=directions_deg, speed_m_s=speed_m_s, n_fft=n_fft, hop=hop)
+
+
+def mvdr(mixture: Tensor, sample_rate: float, *, spacing_m: float, n_sources: int,
+         directions_deg: tuple[float, ...] | None = None, loading: float = 1e-2, n_elements: int | None = None,
+         speed_m_s: float = 343.0, n_fft: int = 1024, hop: int | None = None) -> dict[str, Tensor]:
+    """MVDR (Capon) beams: ``w = R^-1 a / (a^H R^-1 a)`` per STFT bin, one per source direction.
+
+    ``R`` is the mixture's spatial covariance per frequency (mean of ``x x^H`` over frames,
+    i.e. the minimum-power form, as a user without a noise-only segment computes it),
+    diagonally loaded by ``loading`` times its mean eigenvalue (robust Capon: it keeps the
+    beam from cancelling its own source when the steering is slightly off, and bounds the
+    white-noise gain at low frequencies, where the array is short). Arguments, stems and
+    directions as :func:`delay_and_sum`.
+    """
+    if not loading > 0:
+        raise ParameterError(f"{loading=} is not a number > 0")
+
+    def weights(a: Tensor, x: Tensor) -> Tensor:
+        M = x.shape[0]
+        cov = torch.einsum("mfn,kfn->fmk", x, x.conj()) / x.shape[-1]  # (F, M, M)
+        level = cov.diagonal(dim1=1, dim2=2).real.mean(-1).clamp_min(1e-30)
+        cov = cov + loading * level[:, None, None] * torch.eye(M, dtype=cov.dtype)
+        solved = torch.linalg.solve(cov[None], a.permute(0, 2, 1)[..., None])[..., 0]  # (S, F, M)
+        gain = torch.einsum("sfm,sfm->sf", a.permute(0, 2, 1).conj(), solved)
+        return (solved / gain[..., None]).permute(0, 2, 1)
+
+    return _beams(mixture, sample_rate, weights=weights, n_elements=n_elements, spacing_m=spacing_m,
+                  n_sources=n_sources, directions_deg=directions_deg, speed_m_s=speed_m_s, n_fft=n_fft, hop=hop)
+
+
 BASELINES: dict[str, Separator] = {
     "oracle-irm": oracle_irm,
     "oracle-ibm": oracle_ibm,
@@ -478,6 +638,10 @@ BASELINES: dict[str, Separator] = {
     "nmf": nmf,
     "hpss": hpss,
     "wavelet": wavelet_denoise,
+    "delay-and-sum": delay_and_sum,
+    "mvdr": mvdr,
+    "eeg-bandpass": eeg_bandpass,
+    "eeg-ica-reject": eeg_ica_reject,
 }
 
 #: Baselines that read the true sources (``references=``): upper bounds, not methods.
@@ -487,10 +651,14 @@ __all__ = [
     "BASELINES",
     "ORACLES",
     "bandpass",
+    "delay_and_sum",
     "ecg_bandpass",
+    "eeg_bandpass",
+    "eeg_ica_reject",
     "fastica",
     "hpss",
     "mti_canceller",
+    "mvdr",
     "nmf",
     "oracle_ibm",
     "oracle_irm",

@@ -82,7 +82,7 @@ QUICK_ITEMS, FULL_ITEMS = 2, 5
 #: ecg-wavelet's eight db4 levels need at least 6 s.
 #: radio is 1 MHz I/Q: 20 ms is 20 000 samples, about 80 STFT frames of radio-iq's 256 bins.
 QUICK_SECONDS = {"multitone": 2.0, "am": 2.0, "chirps": 2.0, "ecg-emg": 10.0, "speech-noise": 2.0, "music": 2.0,
-                 "radio": 0.02, "radar-mti": 1.0}
+                 "radio": 0.02, "radar-mti": 1.0, "eeg": 10.0}
 #: Scenario sources that one stem of the scenario's recipe estimates together, so they are
 #: scored as one reference, their sum: scenario -> {reference: sources}. radio-iq has one
 #: ``secondary`` stem for every secondary user (it finds them by energy, not by modulation).
@@ -304,7 +304,9 @@ def references(scenario: Scenario, groups: Mapping[str, tuple[str, ...]] | None 
         reference name -> ``(channel, time)`` float64 (complex128 for I/Q scenarios).
     """
     groups = reference_groups(None, scenario) if groups is None else groups
-    return {name: sum(_float64(scenario.sources[k]) for k in members) for name, members in groups.items()}
+    # an item holds only the groups whose sources it has (array: 2 or 3 talkers per item)
+    return {name: sum(_float64(scenario.sources[k]) for k in members) for name, members in groups.items()
+            if all(k in scenario.sources for k in members)}
 
 
 def _correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -442,6 +444,11 @@ def _baseline(name: str, **fixed) -> Method:
     return run
 
 
+def _talkers(scenario: Scenario) -> int:
+    """The item's sources that are not noise (one beam each)."""
+    return sum(1 for k in scenario.sources if k not in scenario.params.get("noise_sources", ()))
+
+
 def _declared_bands(scenario: Scenario) -> dict[str, tuple[float, float]]:
     return {name: (float(lo), float(hi)) for name, (lo, hi) in scenario.params["bands"].items()}
 
@@ -455,7 +462,10 @@ def baselines_for(scenario: Scenario, recipe: Recipe, *, seed: int,
     - ``nmf``: declared bands and a real signal (its STFT is one-sided);
     - ``hpss``: when the recipe's first stage is an STFT (time-varying audio);
     - ``ecg-bandpass`` and ``wavelet``: biomedical recipes;
+    - ``eeg-bandpass`` and ``eeg-ica-reject``: EEG scenarios (``params["eog_channels"]``);
     - ``mti-canceller``: radar recipes (slow time), 3 pulses;
+    - ``delay-and-sum`` and ``mvdr``: array recipes on a linear array (``params["spacing_m"]``),
+      one beam per reference, steered at the directions each finds in the mixture;
     - ``fastica``: at least two channels and as many as references (``groups``).
     """
     channels = scenario.mixture.shape[0]
@@ -474,8 +484,15 @@ def baselines_for(scenario: Scenario, recipe: Recipe, *, seed: int,
     if recipe.domain == "biomedical":
         chosen["ecg-bandpass"] = _baseline("ecg-bandpass")
         chosen["wavelet"] = _baseline("wavelet")
+    if "eog_channels" in scenario.params:  # EEG: the usual filter, and ICA blink rejection by EOG correlation
+        chosen["eeg-bandpass"] = _baseline("eeg-bandpass")
+        chosen["eeg-ica-reject"] = _baseline("eeg-ica-reject", eog_channels=tuple(scenario.params["eog_channels"]),
+                                             seed=seed)
     if recipe.domain == "radar":
         chosen["mti-canceller"] = _baseline("mti-canceller")
+    if recipe.domain == "array" and "spacing_m" in scenario.params:  # steered where they find the sources
+        for name in ("delay-and-sum", "mvdr"):
+            chosen[name] = _baseline(name, spacing_m=scenario.params["spacing_m"], n_sources=_talkers)
     if 2 <= channels and len(groups) <= channels:
         chosen["fastica"] = _baseline("fastica", n_sources=len(groups), seed=seed)
     elif channels >= 2:
@@ -562,7 +579,9 @@ class _Plan:
 
 def _plan(name: str, items: list[Scenario], config: BenchConfig) -> _Plan:
     recipes, overrides = zip(*(recipe_for(s, config) for s in items))
-    groups = reference_groups(name, items[0])
+    groups: dict[str, tuple[str, ...]] = {}
+    for item in items:  # items may differ in their sources (array: 2 or 3 talkers); each scores those it has
+        groups |= {k: v for k, v in reference_groups(name, item).items() if k not in groups}
     methods: dict[str, tuple[str, Method | None]] = {"demux": ("demux", _demux(config.seed))}
     baselines, left_out = baselines_for(items[0], recipes[0], seed=config.seed, groups=groups)
     methods |= {method: ("baseline", fn) for method, fn in baselines.items()}

@@ -27,6 +27,7 @@ from typing import Any, Literal
 import yaml
 
 from demux.errors import RecipeError
+from demux.priors.components import ComponentStatistic
 from demux.trust_region import TrustRegionConfig
 
 Domain = Literal["audio", "biomedical", "radio", "radar", "array", "generic"]
@@ -77,6 +78,25 @@ class Steering:
 
 
 @dataclass(frozen=True)
+class Arrival:
+    """A direction of arrival at a microphone array (transform ``array-stft``).
+
+    Each time-frequency bin's prior log-odds for the source are the log-likelihood of the
+    mics' phases under one plane wave from ``direction``, with independent phase errors
+    of ``phase_noise`` radians per mic (``demux.priors.direction``).
+    """
+
+    direction: float | None = None  # degrees from broadside, positive towards +x; None: found in the mixture
+    phase_noise: float = 0.03  # radians
+
+    def __post_init__(self):
+        if self.direction is not None and not -90 <= self.direction <= 90:
+            raise ValueError(f"direction={self.direction} is not in [-90, 90] degrees")
+        if not self.phase_noise > 0:
+            raise ValueError(f"phase_noise={self.phase_noise} is not a number > 0 (radians)")
+
+
+@dataclass(frozen=True)
 class Smooth:
     """Penalty weights on squared differences of the fitted log-variance."""
 
@@ -98,6 +118,45 @@ class NoiseFloor:
 
 
 @dataclass(frozen=True)
+class ComponentRule:
+    """Which components of an ``ica-stft`` transform a source may take, by one statistic of each.
+
+    ``skewness``: absolute skewness of the component (blinks, one-signed: far above 1);
+    ``band_share``: share of its power inside ``band`` (muscle: most of it above 20 Hz).
+    Membership is a logistic step ``width`` wide (statistic units) at ``above`` and/or ``below``.
+    """
+
+    statistic: ComponentStatistic
+    above: float | None = None
+    below: float | None = None
+    width: float = 1.0
+    band: Band | None = None  # for band_share, Hz
+
+    def __post_init__(self):
+        if self.above is None and self.below is None:
+            raise ValueError("above=None and below=None: give a threshold 'above' or 'below'")
+        if not self.width > 0:
+            raise ValueError(f"width={self.width}: expected a number > 0")
+        if (self.statistic == "band_share") != (self.band is not None):
+            raise ValueError(f"band={self.band}: 'band_share' needs a band {{lo, hi}} and 'skewness' takes none")
+
+
+@dataclass(frozen=True)
+class Lines:
+    """Steady tones (moving targets' Doppler lines) found by CLEAN with a CFAR test.
+
+    The source's log-variance is the found lines' power through the stage's transform
+    (``floor_db`` below the white noise floor where no line reaches); its per-group
+    level, a log-gain on that, is anchored at 0 with ``weight``. See :mod:`demux.priors.lines`.
+    """
+
+    threshold_db: float = 13.0
+    max_lines: int = 8
+    weight: float = 4.0
+    floor_db: float = 40.0
+
+
+@dataclass(frozen=True)
 class Source:
     """One source of a stage: its priors (physical units) and which parameters it fits.
 
@@ -111,12 +170,16 @@ class Source:
     lock: tuple[Band, ...] = ()  # hard: this source takes these bands whole
     energy: Energy | None = None  # the source follows the observed energy (sparse, transient, loud)
     steering: Steering | None = None  # direction of arrival, for spatial transforms
+    arrival: Arrival | None = None  # direction of arrival at a mic array, for 'array-stft'
     stationary: bool = False  # no per-frame gain: a stationary noise
     detail: bool = False  # free per-coefficient log-variance offsets
     smooth: Smooth = field(default_factory=Smooth)
     noise_floor: NoiseFloor | None = None
+    lines: Lines | None = None  # steady tones found in the mixture (radar targets)
     learned: str | None = None  # safetensors file with per-group offsets
     outside: float = -8.0  # prior log-odds outside the support
+    components: tuple[ComponentRule, ...] = ()  # ica-stft: components it may take (every rule must hold)
+    rest: bool = False  # its support is what the other sources' supports leave (times its own bands)
 
 
 @dataclass(frozen=True)
@@ -437,6 +500,11 @@ def _check_structure(recipe: Recipe) -> None:
                 )
             if src.harmonic and not 0 < src.harmonic.f0_min < src.harmonic.f0_max:
                 raise RecipeError(recipe.source, f"{path}.sources.{name}.harmonic", "expected 0 < f0_min < f0_max")
+            if src.lines and src.noise_floor:
+                raise RecipeError(recipe.source, f"{path}.sources.{name}.lines",
+                                  "lines and noise_floor both anchor the source's level: keep one")
+            if src.lines and not (src.lines.max_lines >= 1 and src.lines.weight > 0):
+                raise RecipeError(recipe.source, f"{path}.sources.{name}.lines", "expected max_lines >= 1 and weight > 0")
 
 
 def check_against_signal(recipe: Recipe, sample_rate: float, *, complex_signal: bool = False) -> None:

@@ -523,7 +523,7 @@ def array(rng: np.random.Generator, *, seconds: float = 2.0, snr_db: float | Non
         "delays_s": dict(zip(sources, delays.tolist())),
         "f0_hz": dict(zip(sources, f0s)),
     }
-    return _assemble(_add_white_noise(rng, sources, snr_db), fs, params, "array-spatial", snr_db=snr_db)
+    return _assemble(_add_white_noise(rng, sources, snr_db), fs, params, "array-beamform", snr_db=snr_db)
 
 
 # ---------------------------------------------------------------------------------------
@@ -605,6 +605,97 @@ def music(rng: np.random.Generator, *, seconds: float = 5.0, snr_db: float | Non
     return _assemble(_add_white_noise(rng, sources, snr_db), fs, params, "audio-stft", snr_db=snr_db)
 
 
+def _eeg_recording() -> tuple[np.ndarray, dict, np.ndarray]:
+    """The EEGLAB tutorial recording ``(32, T)`` float64 in µV, its metadata and EEGLAB's unmixing ``(32, 32)``."""
+    folder = _require(data_dir() / "eeg")
+    x = np.load(_require(folder / "eeglab_data_continuous_uV.npy")).astype(np.float64)
+    meta = json.loads(_require(folder / "eeglab_data_meta.json").read_text())
+    unmixing = np.load(_require(folder / "eeglab_epochs_icaweights.npy")) @ np.load(folder / "eeglab_epochs_icasphere.npy")
+    return x, meta, unmixing
+
+
+def _scalp_xy(meta: dict) -> np.ndarray:
+    """``(C, 2)`` flat scalp positions from EEGLAB's polar locations (nose at +y)."""
+    theta = np.radians([c["theta_deg"] for c in meta["channel_locations_eeglab_polar"]])
+    radius = np.array([c["radius"] for c in meta["channel_locations_eeglab_polar"]])
+    return np.stack([radius * np.sin(theta), radius * np.cos(theta)], axis=1)
+
+
+def _muscle_burst(rng: np.random.Generator, n: int, fs: float) -> np.ndarray:
+    """``(n,)`` 20-60 Hz noise (clipped to 0.9 Nyquist) gated by Hann bursts 0.5-2 s long, about one per 4 s."""
+    hi = min(60.0, 0.45 * fs)
+    noise = sps.sosfiltfilt(sps.butter(4, [20.0, hi], btype="bandpass", fs=fs, output="sos"), rng.standard_normal(n))
+    envelope = np.zeros(n)
+    for _ in range(max(1, round(n / fs / 4))):
+        width = int(rng.uniform(0.5, 2.0) * fs)
+        start = int(rng.integers(0, max(1, n - width)))
+        envelope[start : start + width] += np.hanning(width)[: n - start]
+    return noise * envelope
+
+
+def eeg(rng: np.random.Generator, *, seconds: float = 10.0, snr_db: float | None = 0.0,
+        sample_rate: float | None = None) -> Scenario:
+    """EEGLAB tutorial EEG (32 channels, 128 Hz, µV): real brain activity and blinks, synthetic muscle.
+
+    Construction (every source is ``(32, T)`` at the sensors):
+
+    - the recording is high-passed at 0.5 Hz (zero-phase 2nd-order Butterworth: slow
+      drift is neither rhythm nor blink) and a random excerpt of ``seconds`` is drawn,
+      redrawn (up to 50 times) until it holds a blink: the blink component's activation
+      exceeds 6 times its median absolute value over the recording;
+    - ``blink``: EEGLAB's own blink component (of its published ICA, the component of
+      largest kurtosis over the recording, IC 3, frontal) back-projected to the sensors,
+      ``a_k s_k(t)`` with ``s = W S x`` and ``a_k`` column k of ``(W S)^-1``;
+    - ``brain``: the excerpt minus ``blink``, so ``brain + blink`` is the recording (brain
+      keeps everything that is not a blink, eye movements included);
+    - ``muscle``: two independent 20-60 Hz noise sources gated by 0.5-2 s bursts, one at T7
+      and one at T8 (temporalis), each spread over the scalp as ``exp(-d^2 / (2 * 0.25^2))``
+      of the flat distance ``d`` to its site on EEGLAB's polar layout; scaled so that
+      ``10 log10(P(brain) / P(muscle)) == snr_db``.
+
+    ``params["channel_names"]`` names the channels (``EOG1``/``EOG2`` at 1 and 5).
+    """
+    if snr_db is None:
+        raise ParameterError("eeg needs snr_db (the brain-to-muscle power ratio, dB)")
+    x, meta, unmixing = _eeg_recording()
+    native = float(meta["fs_hz"])
+    x = sps.sosfiltfilt(sps.butter(2, 0.5, btype="highpass", fs=native, output="sos"), x, axis=-1)
+    activations = unmixing @ x
+    centred = activations - activations.mean(axis=1, keepdims=True)
+    kurtosis = (centred**4).mean(1) / (centred**2).mean(1) ** 2
+    k = int(np.argmax(kurtosis))
+    mixing = np.linalg.inv(unmixing)
+    n = _length(seconds, native)
+    level = 6 * np.median(np.abs(activations[k]))
+    for _ in range(50):
+        start = _excerpt_start(rng, x.shape[1], n, data_dir() / "eeg")
+        if np.abs(activations[k, start : start + n]).max() > level:
+            break
+    else:
+        raise ParameterError(f"found no excerpt of {seconds} s holding a blink")
+    excerpt = x[:, start : start + n]
+    blink = np.outer(mixing[:, k], activations[k, start : start + n])
+    xy = _scalp_xy(meta)
+    names = meta["channel_names"]
+    muscle = sum(
+        np.outer(np.exp(-np.sum((xy - xy[names.index(site)]) ** 2, axis=1) / (2 * 0.25**2)), _muscle_burst(rng, n, native))
+        for site in ("T7", "T8")
+    )
+    fs = _rate(sample_rate, native)
+    sources = {"brain": excerpt - blink, "blink": blink}
+    sources["muscle"] = muscle * _noise_gain(sources["brain"], muscle, snr_db)
+    sources = {name: resample(v, native, fs) for name, v in sources.items()}
+    params = {
+        "recording": "EEGLAB tutorial eeglab_data (continuous, 0.5 Hz high-pass)",
+        "start_s": start / native,
+        "blink_component": k,
+        "channel_names": names,
+        "eog_channels": [i for i, name in enumerate(names) if name.upper().startswith("EOG")],
+        "units": "uV",
+    }
+    return _assemble(sources, fs, params, "eeg-ica", snr_db=snr_db)
+
+
 SCENARIOS: dict[str, Callable[..., Scenario]] = {
     "multitone": multitone,
     "chirps": chirps,
@@ -615,6 +706,7 @@ SCENARIOS: dict[str, Callable[..., Scenario]] = {
     "array": array,
     "speech-noise": speech_noise,
     "music": music,
+    "eeg": eeg,
 }
 
 

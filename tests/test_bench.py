@@ -205,7 +205,16 @@ def test_band_overrides_only_where_the_recipe_band_misses():
     assert (band.lo, band.hi, band.edge) == (900.0, 1200.0, 20.0)
 
 
-def test_scenarios_without_a_recipe_are_skipped_with_a_reason():
+@pytest.fixture
+def array_recipe_unshipped(monkeypatch):
+    """Every scenario has a shipped recipe now: hide array-beamform to exercise the skip."""
+    import demux.bench
+    from demux.recipe import builtin_names
+
+    monkeypatch.setattr(demux.bench, "builtin_names", lambda: [n for n in builtin_names() if n != "array-beamform"])
+
+
+def test_scenarios_without_a_recipe_are_skipped_with_a_reason(array_recipe_unshipped):
     out = run_bench(BenchConfig(scenarios=("array",), items=1, ablation=False, engine_speed=False))
     assert out.scenarios == []
     assert "no recipe yet" in dict(out.skipped)["array"]
@@ -218,7 +227,7 @@ def test_config_rejects_unknown_scenarios_and_items():
         BenchConfig(items=0)
 
 
-def test_cli_writes_the_table_and_refuses_to_replace_it(tmp_path):
+def test_cli_writes_the_table_and_refuses_to_replace_it(tmp_path, array_recipe_unshipped):
     from demux.cli import app
 
     args = ["bench", "--scenario", "array", "--items", "1", "--no-ablation", "--no-engine-speed", "-o", str(tmp_path)]

@@ -30,6 +30,7 @@ SHAPES = {
     "array": (0.5, 16000.0, 4, False),
     "speech-noise": (1.0, 16000.0, 1, False),
     "music": (0.5, 44100.0, 2, False),
+    "eeg": (2.0, 128.0, 32, False),
 }
 
 

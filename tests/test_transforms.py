@@ -20,7 +20,7 @@ from sklearn.decomposition import FastICA as SkFastICA
 
 from demux.errors import ParameterError
 from demux.transforms import (
-    ComplexFFT, ComplexSTFT, DCT, DWT, FFT, ICA, MelBands, PCA, STFT, SpatialDFT, TRANSFORMS, build_transform, transform_params,
+    ArraySTFT, ComplexFFT, ComplexSTFT, DCT, DWT, FFT, ICA, ICASTFT, MelBands, PCA, STFT, SpatialDFT, TRANSFORMS, build_transform, transform_params,
 )
 from demux.transforms.channels import fastica_fit, pca_fit
 from demux.transforms.dct import dct, idct
@@ -62,7 +62,7 @@ def best_abs_corr(estimate: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 
 def fitted(transform, x: torch.Tensor):
-    return transform.fit(x) if isinstance(transform, PCA | ICA) else transform
+    return transform.fit(x) if isinstance(transform, PCA | ICA | ICASTFT) else transform
 
 
 # One small instance per registered transform (M = C = 3 channels), for the shared checks.
@@ -77,6 +77,8 @@ def small_transforms(dtype: torch.dtype = torch.float32):
         "spatial": SpatialDFT(8000, 3, 0.1, angles_deg=(-60, -30, 0, 30, 60), n_fft=64, hop=16),
         "cfft": ComplexFFT(8000),
         "cstft": ComplexSTFT(8000, n_fft=64, hop=16),
+        "array-stft": ArraySTFT(8000, 3, 0.1, n_fft=64, hop=16),
+        "ica-stft": ICASTFT(8000, window_s=0.008, hop_s=0.002),
     }
 
 
@@ -326,11 +328,12 @@ def gradcheck_transform(transform, x: torch.Tensor) -> None:
 def test_gradcheck_forward_and_inverse(name):
     transform = small_transforms()[name]
     x = signal_for(transform, mixed(1, 40, torch.float64))
-    if name in ("stft", "spatial", "cstft"):
+    if name in ("stft", "spatial", "cstft", "array-stft"):
         transform = {
             "stft": STFT(8000, n_fft=8, hop=2),
             "cstft": ComplexSTFT(8000, n_fft=8, hop=2),
             "spatial": SpatialDFT(8000, 3, 0.1, angles_deg=(-60, -30, 0, 30, 60), n_fft=8, hop=2),
+            "array-stft": ArraySTFT(8000, 3, 0.1, n_fft=8, hop=2),
         }[name]
     gradcheck_transform(fitted(transform, x), x)
 
@@ -496,7 +499,7 @@ def test_build_transform_by_name():
     transform = build_transform("dwt", 360, wavelet="sym8", level=4, mode="symmetric")
     assert isinstance(transform, DWT) and transform.level == 4 and transform.mode == "symmetric"
     assert transform_params("stft") == ["n_fft", "hop", "window"]
-    assert set(TRANSFORMS) == {"stft", "fft", "dct", "dwt", "pca", "ica", "spatial", "cfft", "cstft"}
+    assert set(TRANSFORMS) == {"stft", "fft", "dct", "dwt", "pca", "ica", "spatial", "cfft", "cstft", "array-stft", "ica-stft"}
 
 
 def test_documented_defaults():

@@ -12,10 +12,11 @@ import inspect
 from demux.errors import ParameterError
 from demux.transforms.base import Grid, Transform, power
 from demux.transforms.channels import ICA, PCA
+from demux.transforms.components import ICASTFT
 from demux.transforms.dct import DCT
 from demux.transforms.fft import FFT, ComplexFFT
 from demux.transforms.mel import MelBands
-from demux.transforms.spatial import SpatialDFT
+from demux.transforms.spatial import ArraySTFT, SpatialDFT
 from demux.transforms.stft import STFT, ComplexSTFT
 from demux.transforms.wavelet import DWT
 
@@ -26,7 +27,9 @@ TRANSFORMS: dict[str, type[Transform]] = {
     "dwt": DWT,
     "pca": PCA,
     "ica": ICA,
+    "ica-stft": ICASTFT,
     "spatial": SpatialDFT,
+    "array-stft": ArraySTFT,
     "cfft": ComplexFFT,
     "cstft": ComplexSTFT,
 }
@@ -65,6 +68,6 @@ def build_transform(name: str, sample_rate: float, **params) -> Transform:
 
 
 __all__ = [
-    "DCT", "DWT", "FFT", "ICA", "PCA", "STFT", "TRANSFORMS", "ComplexFFT", "ComplexSTFT", "Grid", "MelBands", "SpatialDFT", "Transform",
+    "ArraySTFT", "DCT", "DWT", "FFT", "ICA", "ICASTFT", "PCA", "STFT", "TRANSFORMS", "ComplexFFT", "ComplexSTFT", "Grid", "MelBands", "SpatialDFT", "Transform",
     "build_transform", "power", "transform_params",
 ]
