@@ -1,27 +1,31 @@
 """Scale: real-time factor per recipe, peak memory against signal length, chunked against whole-file SDR.
 
-Three measurements, on ``THREADS`` torch threads (the target machine has 2 cores):
+Three measurements, on ``THREADS`` torch threads (the target machine has 2 cores; memory: one):
 
 - **Real-time factor** of every built-in recipe on 10 s of noise plus three tones (at
   3 %, 30 % and 70 % of Nyquist) at the recipe's own rate (``resample_to``, else its
   first served rate, else 8 kHz): wall seconds per second of signal, median of 3 runs
   (1 with ``quick``, where audio-stft also takes ``demux bench``'s quick overrides), and
   its inverse, the speed relative to real time.
-- **Peak memory** of :func:`demux.separate` on N minutes of 44.1 kHz stereo noise plus
-  tones with ``tones-fft``, chunked at ``demux separate``'s defaults (30 s segments,
-  overlap 0.1, one chunk a batch: the CLI defaults), for 1 and 5 minutes (0.5 and 2 with ``quick``). Each
-  length runs in a fresh subprocess; its peak resident set is the ``ru_maxrss`` of that
-  child as ``os.wait4`` reports it (``getrusage(RUSAGE_CHILDREN)`` for one child alone),
-  beside what the child held before separating (interpreter, torch, the signal) and the
-  size of the input and its stems, which are held in full.
-- **Chunked vs whole-file SDR** on the ``multitone`` scenario (stationary tones, 60 s,
-  120 s without ``quick``): median BSS-Eval SDR over its sources, whole file against the
-  default chunking.
+- **Peak memory** of ``demux separate``'s item path (:func:`demux.batch.separate_item`: the
+  file read, separated and its stems written chunk by chunk) on N minutes of 44.1 kHz
+  stereo noise plus tones (a 16-bit WAV written beforehand, a minute at a time) with
+  ``tones-fft`` at one trust-region step per chunk (:data:`MEMORY_OVERRIDES`: a fit's memory
+  does not grow with its steps; at 15 an hour of signal takes most of an hour), chunked at
+  ``demux separate``'s defaults (30 s segments, overlap 0.1, one chunk a batch), for 1 and 60
+  minutes (0.5 and 2 with ``quick``), on one torch thread (on this 2-core machine two threads
+  run these 1.3 M-sample chunks about 6 times slower). Each length runs in a fresh
+  subprocess; its peak resident set is the ``ru_maxrss`` of that child as ``os.wait4``
+  reports it, beside what the child held before separating (interpreter, torch) and the
+  size of the whole signal as float32, which is never held.
+- **Chunked vs whole-file SDR** on the ``multitone`` scenario (stationary tones, 60 s, 30 s
+  with ``quick``) for each of :data:`CHUNKING_RECIPES`: BSS-Eval SDR over its sources (median,
+  and the largest change of one source), whole file against the default chunking.
 
 ``make bench`` runs it after ``demux bench`` (``python -m benchmarks``); the table is
 written to ``benchmarks/results/<date>-scale.md`` (``<date>-scale-quick.md`` for ``quick``).
 
-    .venv/bin/python -m benchmarks.bench_scale [--quick]
+    .venv/bin/python -m benchmarks.bench_scale [--quick] [--part rtf|memory|chunking ...]
 """
 
 from __future__ import annotations
@@ -44,14 +48,22 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 RTF_SECONDS = 10.0
 MEMORY_RATE, MEMORY_CHANNELS, MEMORY_RECIPE = 44_100, 2, "tones-fft"
+#: One trust-region step per chunk: the memory of a fit does not grow with its steps, and an
+#: hour of signal at the recipe's 15 steps would take the benchmark most of an hour.
+MEMORY_OVERRIDES = ("split.fit.max_iter=1",)
+MEMORY_MINUTES = {False: (1.0, 60.0), True: (0.5, 2.0)}  # by ``quick``
+MEMORY_THREADS = 1
 #: ``demux separate``'s defaults (``demux.batch.Options``).
 SEGMENT, OVERLAP, BATCH_SIZE = 30.0, 0.1, 1  # the CLI defaults
 
 
-def noise_and_tones(seconds: float, rate: float, *, channels: int = 1, seed: int = 0) -> np.ndarray:
-    """``(channels, time)`` float32: white noise (std 0.05) plus tones at 3, 30 and 70 % of Nyquist."""
+def noise_and_tones(seconds: float, rate: float, *, channels: int = 1, seed: int = 0, offset: int = 0) -> np.ndarray:
+    """``(channels, time)`` float32: white noise (std 0.05) plus tones at 3, 30 and 70 % of Nyquist.
+
+    ``offset``: the first sample's index, so that consecutive blocks continue the tones.
+    """
     rng = np.random.default_rng(seed)
-    t = np.arange(round(seconds * rate)) / rate
+    t = (offset + np.arange(round(seconds * rate))) / rate
     tones = sum(a * np.sin(np.pi * rate * f * t + f) for f, a in ((0.03, 0.3), (0.3, 0.2), (0.7, 0.1)))
     return np.stack([tones + 0.05 * rng.standard_normal(t.size) for _ in range(channels)]).astype(np.float32)
 
@@ -102,31 +114,49 @@ def real_time_factors(quick: bool) -> list[dict]:
 # --------------------------------------------------------------------------- peak memory
 
 
-def _memory_child(minutes: float) -> None:
-    """In the measured subprocess: separate ``minutes`` of signal; print what it held beforehand, as JSON."""
+def write_long_input(path: Path, minutes: float) -> Path:
+    """``minutes`` of :func:`noise_and_tones` at 44.1 kHz stereo as a 16-bit WAV, written a minute at a time."""
+    import soundfile as sf
+
+    with sf.SoundFile(path, "w", MEMORY_RATE, MEMORY_CHANNELS, "PCM_16") as f:
+        total = round(60 * minutes * MEMORY_RATE)
+        for block, start in enumerate(range(0, total, 60 * MEMORY_RATE)):
+            seconds = (min(start + 60 * MEMORY_RATE, total) - start) / MEMORY_RATE
+            f.write(noise_and_tones(seconds, MEMORY_RATE, channels=MEMORY_CHANNELS, seed=block, offset=start).T)
+    return path
+
+
+def _memory_child(path: str, out: str) -> None:
+    """In the measured subprocess: ``demux separate``'s item path on ``path``; what it held before, as JSON."""
     import resource
 
-    from demux.chunks import plan_chunks
-    from demux.pipeline import separate
+    from demux.batch import Item, Options, separate_item
+    from demux.io import open_signal
+    from demux.recipe import load_recipe
 
-    torch.set_num_threads(THREADS)
-    signal = noise_and_tones(60 * minutes, MEMORY_RATE, channels=MEMORY_CHANNELS)
+    torch.set_num_threads(MEMORY_THREADS)
+    recipe = load_recipe(MEMORY_RECIPE, list(MEMORY_OVERRIDES))
+    options = Options(out=Path(out), segment=SEGMENT, overlap=OVERLAP, batch_size=BATCH_SIZE)
     before_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     start = time.perf_counter()
-    separation = separate(signal, MEMORY_RATE, MEMORY_RECIPE, segment=SEGMENT, overlap=OVERLAP, batch_size=BATCH_SIZE)
-    size = round(SEGMENT * MEMORY_RATE)
-    plan = plan_chunks(signal.shape[-1], size=size, overlap=round(OVERLAP * size))
-    held = signal.nbytes + sum(s.numel() * s.element_size() for s in separation.stems.values())
-    print(json.dumps({"before_mb": before_mb, "held_mb": held / 2**20, "chunks": plan.count,
-                      "seconds": time.perf_counter() - start}))
+    separate_item(Item(Path(path), "long", Path(out) / "long"), recipe, options, resume=False)
+    source = open_signal(path)
+    record = json.loads((Path(out) / "long" / "demux.json").read_text())
+    print(json.dumps({"before_mb": before_mb, "file_mb": Path(path).stat().st_size / 2**20,
+                      "chunks": sum(len(stage["chunks"]) for stage in record["stages"]),
+                      "signal_mb": source.length * source.channels * 4 / 2**20, "seconds": time.perf_counter() - start}))
 
 
 def _peak_rss_mb(minutes: float) -> dict:
-    """Run :func:`_memory_child` in a fresh interpreter; its report plus its own peak RSS (MiB)."""
-    command = [sys.executable, "-m", "benchmarks.bench_scale", "--memory-child", str(minutes)]
-    child = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    output = child.stdout.read()
-    _, status, usage = os.wait4(child.pid, 0)  # this child's rusage alone, whatever ran before it
+    """Write the input, run :func:`_memory_child` on it in a fresh interpreter; its report plus its peak RSS (MiB)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="demux-scale-") as folder:
+        path = write_long_input(Path(folder) / "long.wav", minutes)
+        command = [sys.executable, "-m", "benchmarks.bench_scale", "--memory-child", str(path), str(Path(folder) / "out")]
+        child = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        output = child.stdout.read()
+        _, status, usage = os.wait4(child.pid, 0)  # this child's rusage alone, whatever ran before it
     child.returncode = os.waitstatus_to_exitcode(status)
     if child.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} exited with {child.returncode}")
@@ -136,9 +166,10 @@ def _peak_rss_mb(minutes: float) -> dict:
 def peak_memory(quick: bool) -> list[dict]:
     """One row per length (short first); ``ratio`` is each peak over the shortest's."""
     rows = [
-        {"bench": "scale", "part": "memory", "recipe": MEMORY_RECIPE, "minutes": minutes, "rate_hz": MEMORY_RATE,
-         "channels": MEMORY_CHANNELS, "segment_s": SEGMENT, "batch_size": BATCH_SIZE, **_peak_rss_mb(minutes)}
-        for minutes in ((0.5, 2.0) if quick else (1.0, 5.0))
+        {"bench": "scale", "part": "memory", "recipe": MEMORY_RECIPE, "overrides": list(MEMORY_OVERRIDES),
+         "minutes": minutes, "rate_hz": MEMORY_RATE, "channels": MEMORY_CHANNELS, "segment_s": SEGMENT,
+         "batch_size": BATCH_SIZE, **_peak_rss_mb(minutes)}
+        for minutes in MEMORY_MINUTES[quick]
     ]
     for row in rows:
         row["ratio"] = row["peak_mb"] / rows[0]["peak_mb"]
@@ -148,45 +179,68 @@ def peak_memory(quick: bool) -> list[dict]:
 # --------------------------------------------------------------------------- chunked vs whole file
 
 
+#: The chunked-vs-whole comparisons: ``(label, overrides)`` of ``tones-fft``. Its own rFFT spans
+#: the whole input, so a chunk has a coarser spectrum than the whole signal (a 30 s chunk resolves
+#: 1/30 Hz, 60 s 1/60 Hz) and leaks more across band edges: a transform difference, not a seam.
+#: The STFT variant is local (chunks change only the seams and the fits), and its fits run to the
+#: same convergence (60 steps: at the recipe's 15 the whole-signal fit is further from its optimum
+#: than a chunk's, which made chunking look better than it is).
+CHUNKING_RECIPES = (
+    ("tones-fft", ()),
+    ("tones-fft, STFT 1024/256, 60 steps", ("split.transform.type=stft", "split.transform.n_fft=1024",
+                                             "split.transform.hop=256", "split.fit.max_iter=60")),
+)
+
+
 def chunking_sdr(quick: bool) -> list[dict]:
-    """Median SDR over the sources of one ``multitone`` item, whole file and chunked at the defaults.
+    """BSS-Eval SDR of one ``multitone`` item, whole file and chunked at the defaults, per recipe variant.
 
     The item's sources are named like the recipe's stems (``low``, ``mid``, ``high``); a
-    stem whose band holds no source is left out. BSS-Eval v3, fast engine, labelled.
+    stem whose band holds no source is left out. BSS-Eval v3, fast engine, labelled;
+    ``sdr_db`` is the median over sources, ``diff_db`` its change from the whole file and
+    ``worst_db`` the largest change of one source's SDR.
     """
     from demux.metrics import bss_eval
     from demux.pipeline import separate
+    from demux.recipe import load_recipe
     from demux.synth import make
 
-    seconds = 60.0 if quick else 120.0
+    seconds = 30.0 if quick else 60.0
     scenario = make("multitone", np.random.default_rng(0), seconds=seconds)
     names = list(scenario.sources)
     reference = torch.from_numpy(np.stack([scenario.sources[k] for k in names])).double().movedim(1, 0)  # (C, S, T)
     rows = []
-    for label, segment in (("whole file", None), (f"{SEGMENT:g} s segments", SEGMENT)):
-        start = time.perf_counter()
-        separation = separate(scenario.mixture, scenario.sample_rate, scenario.recipe, segment=segment, overlap=OVERLAP,
-                              batch_size=BATCH_SIZE)
-        elapsed = time.perf_counter() - start
-        estimate = torch.stack([separation.stems[k] for k in names]).double().movedim(1, 0)
-        sdr = float(bss_eval(reference, estimate, engine="fast", permutation=False).sdr.mean(0).median())
-        rows.append({"bench": "scale", "part": "chunking", "scenario": "multitone", "recipe": scenario.recipe,
-                     "signal_s": seconds, "rate_hz": scenario.sample_rate, "mode": label, "sdr_db": sdr,
-                     "seconds": elapsed})
-    for row in rows:
-        row["diff_db"] = row["sdr_db"] - rows[0]["sdr_db"]
+    for label, overrides in CHUNKING_RECIPES:
+        recipe = load_recipe(scenario.recipe, list(overrides))
+        pair = []
+        for mode, segment in (("whole file", None), (f"{SEGMENT:g} s segments", SEGMENT)):
+            start = time.perf_counter()
+            separation = separate(scenario.mixture, scenario.sample_rate, recipe, segment=segment, overlap=OVERLAP,
+                                  batch_size=BATCH_SIZE)
+            elapsed = time.perf_counter() - start
+            estimate = torch.stack([separation.stems[k] for k in names]).double().movedim(1, 0)
+            sdr = bss_eval(reference, estimate, engine="fast", permutation=False).sdr.mean(0)  # (S,)
+            pair.append(sdr)
+            rows.append({"bench": "scale", "part": "chunking", "scenario": "multitone", "recipe": label,
+                         "overrides": list(overrides), "signal_s": seconds, "rate_hz": scenario.sample_rate,
+                         "mode": mode, "sdr_db": float(sdr.median()), "diff_db": float(sdr.median() - pair[0].median()),
+                         "worst_db": float((sdr - pair[0]).abs().max()), "seconds": elapsed})
     return rows
 
 
 # --------------------------------------------------------------------------- tables
 
 
-def run(quick: bool) -> list[dict]:
-    """Every measurement with :data:`THREADS` torch threads; rows tagged by ``part``."""
+PARTS = ("rtf", "memory", "chunking")
+
+
+def run(quick: bool, parts: tuple[str, ...] = PARTS) -> list[dict]:
+    """The measurements of ``parts`` (default all) with :data:`THREADS` torch threads; rows tagged by ``part``."""
+    measure = {"rtf": real_time_factors, "memory": peak_memory, "chunking": chunking_sdr}
     threads = torch.get_num_threads()
     torch.set_num_threads(THREADS)
     try:
-        return real_time_factors(quick) + peak_memory(quick) + chunking_sdr(quick)
+        return [row for part in parts for row in measure[part](quick)]
     finally:
         torch.set_num_threads(threads)
 
@@ -196,21 +250,30 @@ def tables(rows: list[dict]) -> list[tuple[str, list[str], list[list[str]]]]:
     rtf = [r for r in rows if r["part"] == "rtf"]
     memory = [r for r in rows if r["part"] == "memory"]
     chunking = [r for r in rows if r["part"] == "chunking"]
-    return [
+    every = [
         (f"Real-time factor ({THREADS} threads, {RTF_SECONDS:g} s of signal)",
          ["recipe", "rate Hz", "runs", "RTF (s/s, median)", "x real time", "overrides / note"],
          [[r["recipe"], f"{r['rate_hz']:g}", str(r["repeats"]), f"{r['rtf']:.3g}", f"{r['x_real_time']:.3g}",
            " ".join([*r["overrides"], r["note"]]).strip() or "-"] for r in rtf]),
-        (f"Peak memory, {MEMORY_RECIPE} on {MEMORY_RATE} Hz stereo, {SEGMENT:g} s segments, {BATCH_SIZE} a batch",
-         ["minutes", "chunks", "peak RSS MiB", "before separating MiB", "input + stems MiB", "ratio to shortest",
+        ((f"Peak memory, {MEMORY_RECIPE} ({' '.join(MEMORY_OVERRIDES)}) on {MEMORY_RATE} Hz stereo files, "
+          f"{SEGMENT:g} s segments, {BATCH_SIZE} a batch, {MEMORY_THREADS} thread (goal: ratio <= 1.5)"),
+         ["minutes", "chunks", "peak RSS MiB", "before separating MiB", "signal as float32 MiB", "ratio to shortest",
           "seconds"],
-         [[f"{r['minutes']:g}", str(r["chunks"]), f"{r['peak_mb']:.0f}", f"{r['before_mb']:.0f}", f"{r['held_mb']:.0f}",
-           f"{r['ratio']:.2f}", f"{r['seconds']:.1f}"] for r in memory]),
-        ("Chunked vs whole-file SDR (multitone, median over sources)",
-         ["mode", "signal s", "SDR dB", "difference dB", "seconds"],
-         [[r["mode"], f"{r['signal_s']:g}", f"{r['sdr_db']:.2f}", f"{r['diff_db']:+.2f}", f"{r['seconds']:.1f}"]
+         [[f"{r['minutes']:g}", str(r["chunks"]), f"{r['peak_mb']:.0f}", f"{r['before_mb']:.0f}",
+           f"{r['signal_mb']:.0f}", f"{r['ratio']:.2f}", f"{r['seconds']:.1f}"] for r in memory]),
+        (f"Chunked vs whole-file SDR (multitone, {SEGMENT:g} s segments, overlap {OVERLAP:g})",
+         ["recipe", "mode", "signal s", "SDR dB (median over sources)", "difference dB", "largest source change dB",
+          "seconds"],
+         [[r["recipe"], r["mode"], f"{r['signal_s']:g}", f"{r['sdr_db']:.2f}", f"{r['diff_db']:+.2f}",
+           f"{r['worst_db']:.2f}", f"{r['seconds']:.1f}"]
           for r in chunking]),
     ]
+    return [table for table in every if table[2]]  # parts not run are left out
+
+
+def _part_options(rows: list[dict]) -> str:
+    ran = [part for part in PARTS if any(r["part"] == part for r in rows)]
+    return "" if ran == list(PARTS) else "".join(f" --part {part}" for part in ran)
 
 
 def markdown(rows: list[dict], *, quick: bool) -> str:
@@ -221,7 +284,7 @@ def markdown(rows: list[dict], *, quick: bool) -> str:
 
     date = datetime.date.today().isoformat()
     parts = [f"# demux scale benchmark, {date}{' (quick)' if quick else ''}", "",
-             f"Command: `python -m benchmarks.bench_scale{' --quick' if quick else ''}`", "",
+             f"Command: `python -m benchmarks.bench_scale{' --quick' if quick else ''}{_part_options(rows)}`", "",
              "Machine: " + "; ".join(f"{k}: {v}" for k, v in machine().items()), "",
              "How each number is measured: `benchmarks/bench_scale.py` (module docstring). Goals: peak memory "
              "long/short <= 1.5; chunked - whole-file SDR within 0.1 dB."]
@@ -246,7 +309,7 @@ def print_tables(rows: list[dict]) -> None:
     for title, header, body in tables(rows):
         table = Table(title=title)
         for column in header:
-            table.add_column(column, justify="left" if column in ("recipe", "mode", "overrides / note") else "right")
+            table.add_column(column, justify="left" if column in ("recipe", "mode", "overrides / note", "recipe / overrides") else "right")
         for row in body:
             table.add_row(*row)
         console.print(table)
@@ -254,10 +317,14 @@ def print_tables(rows: list[dict]) -> None:
 
 def main(argv: list[str]) -> None:
     if argv[:1] == ["--memory-child"]:
-        _memory_child(float(argv[1]))
+        _memory_child(argv[1], argv[2])
         return
     quick = "--quick" in argv
-    rows = run(quick)
+    parts = tuple(argv[i + 1] for i, a in enumerate(argv) if a == "--part") or PARTS
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise SystemExit(f"--part {', '.join(sorted(unknown))}: expected one of {', '.join(PARTS)}")
+    rows = run(quick, parts)
     print_tables(rows)
     print(f"wrote {write(rows, quick=quick)}")
 

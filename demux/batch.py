@@ -8,13 +8,21 @@ temporary files removed). :func:`run` processes items one after another, in
 worker processes (``jobs > 1``) or as tasks of a Dask cluster (``scheduler``); in a
 batch a failing item does not stop the others.
 
-Long inputs are cut into ``Options.segment``-second chunks, fitted
-``Options.batch_size`` at a time and cross-faded back (:func:`demux.pipeline.separate`).
+With ``Options.segment`` (the default) a file is read, separated and written a chunk
+at a time (:func:`demux.io.open_signal`, :func:`demux.pipeline.separate_chunks`,
+:func:`demux.io.write_stream`): ``Options.segment``-second chunks, fitted
+``Options.batch_size`` at a time, cross-faded back, each finished region of every stem
+appended to its temporary file, so memory stays flat however long the file is; the
+stems are renamed into place together once the last chunk is written. ``masks.npz``
+then holds the first chunk's masks (a long file's whole masks would not fit where its
+signal does not have to), and ``demux.json`` every chunk's fit report. Without
+``segment`` (and online) the file is read whole.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -28,7 +36,17 @@ from pathlib import Path
 import numpy as np
 
 from demux.errors import DemuxError, InputError, OutputExistsError, ParameterError
-from demux.io import atomic_write, find_inputs, is_temporary, read, safe_join, supported_extensions, write, write_text_atomic
+from demux.io import (
+    SignalFile,
+    atomic_write,
+    find_inputs,
+    is_temporary,
+    open_signal,
+    safe_join,
+    supported_extensions,
+    write_stream,
+    write_text_atomic,
+)
 from demux.recipe import Recipe, to_dict
 
 PROVENANCE = "demux.json"
@@ -363,7 +381,7 @@ def separate_item(
 
 
 def _separate_item(item: Item, recipe: Recipe, options: Options, *, resume: bool, on_stage) -> ItemResult:
-    from demux.pipeline import separate
+    from demux.pipeline import Separation, as_batched, separate_chunks
 
     start = time.perf_counter()
     ext = _output_extension(item.input, options.format)
@@ -380,38 +398,46 @@ def _separate_item(item: Item, recipe: Recipe, options: Options, *, resume: bool
         for path in [*targets.values(), provenance_path]:
             if path.exists():
                 raise OutputExistsError(path)
-    signal = read(item.input, rate=options.rate)
-    if signal.data.shape[-1] < 2:
+    source = open_signal(item.input, rate=options.rate)
+    if source.length < 2:
         raise InputError(item.input, "holds a single sample per channel: nothing to separate")
-    warnings = [] if np.any(signal.data) else [f"{item.input}: silent (every sample is zero): every stem is silent"]
-    if options.online is not None:
-        from demux.online import separate_online
-
-        window, hop = options.online
-        separation = separate_online(
-            signal.data, signal.sample_rate, recipe, window=window, hop=hop, seed=options.seed, device=options.device
+    warnings = [] if source.scan() else [f"{item.input}: silent (every sample is zero): every stem is silent"]
+    whole = None
+    if options.segment is not None:
+        regions = separate_chunks(
+            source.read, source.length, source.sample_rate, recipe, seed=options.seed, device=options.device,
+            segment=options.segment, overlap=options.overlap, batch_size=options.batch_size, on_stage=on_stage,
         )
     else:
-        separation = separate(
-            signal.data, signal.sample_rate, recipe, seed=options.seed, device=options.device, segment=options.segment,
-            overlap=options.overlap, batch_size=options.batch_size, on_stage=on_stage,
-        )
-    _clear(item.out_dir, provenance_path)
-    subtype = signal.subtype if ext == item.input.suffix.lstrip(".").lower() else None
+        whole = _whole(source, recipe, options, on_stage)
+        regions = iter([({name: as_batched(stem)[0] for name, stem in whole.stems.items()}, [])])
+    # the first batch before any output is touched: a recipe that cannot take this input fails here
+    regions = itertools.chain([next(regions)], regions)
+    subtype = source.subtype if ext == item.input.suffix.lstrip(".").lower() else None
     overwrite = options.overwrite or resume
-    for name, path in targets.items():
-        data = separation.stems[name].detach().cpu().numpy()
-        data = data.astype(np.complex64 if np.iscomplexobj(data) else np.float32)  # I/Q stems stay complex
-        write(path, data, signal.sample_rate, subtype=subtype, overwrite=overwrite)
+    _clear(item.out_dir, provenance_path)
+    reports = []
+    with ExitStack() as files:
+        writers = {
+            name: files.enter_context(write_stream(path, source.sample_rate, channels=source.channels,
+                                                   length=source.length, is_complex=source.is_complex,
+                                                   subtype=subtype, overwrite=overwrite))
+            for name, path in targets.items()
+        }
+        for stems, batch_reports in regions:  # stems are written as they come; renamed once all are complete
+            for name, writer in writers.items():
+                writer.write(stems[name][0].detach().cpu().numpy())
+            reports.extend(batch_reports)
+    separation = whole if whole is not None else Separation(stems={}, sample_rate=source.sample_rate, stages=reports)
     _write_masks(separation, safe_join(item.out_dir, MASKS), overwrite=overwrite)
     seconds = time.perf_counter() - start
     provenance = {
         "input": str(item.input),
         "track": item.track,
         **settings,
-        "sample_rate": signal.sample_rate,
-        "channels": int(signal.data.shape[0]),
-        "samples": int(signal.data.shape[1]),
+        "sample_rate": source.sample_rate,
+        "channels": source.channels,
+        "samples": source.length,
         "device": options.device,
         "overrides": list(options.overrides),
         "versions": versions(),
@@ -422,6 +448,20 @@ def _separate_item(item: Item, recipe: Recipe, options: Options, *, resume: bool
     text = json.dumps(_finite(provenance), indent=1, default=_json_default)
     write_text_atomic(provenance_path, text, overwrite=overwrite)
     return ItemResult(item, "done", seconds=seconds, stems=list(targets.values()), warnings=warnings)
+
+
+def _whole(source: SignalFile, recipe: Recipe, options: Options, on_stage):
+    """The whole file in memory, separated at once or online (a ``Separation`` or an ``OnlineResult``)."""
+    from demux.pipeline import separate
+
+    data = source.read()
+    if options.online is not None:
+        from demux.online import separate_online
+
+        window, hop = options.online
+        return separate_online(data, source.sample_rate, recipe, window=window, hop=hop, seed=options.seed,
+                               device=options.device)
+    return separate(data, source.sample_rate, recipe, seed=options.seed, device=options.device, on_stage=on_stage)
 
 
 def _write_masks(separation, path: Path, *, overwrite: bool) -> None:

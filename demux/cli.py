@@ -76,7 +76,8 @@ def separate(
     rate: float = typer.Option(None, "--rate", help="Sample rate in Hz for inputs that carry none (.npy, raw IQ)."),
     jobs: int = typer.Option(1, "--jobs", "-j", help="Items separated side by side, in worker processes."),
     segment: float = typer.Option(
-        30.0, "--segment", help="Cut inputs longer than this many seconds into chunks, cross-faded back; 0: whole file."
+        30.0, "--segment", help="Read, separate and write inputs in chunks of this many seconds, cross-faded "
+        "(memory stays flat however long the file); 0: the whole file at once."
     ),
     overlap: float = typer.Option(0.1, "--overlap", help="The chunks' overlap, a fraction of --segment (0 to 0.5)."),
     batch_size: int = typer.Option(1, "--batch-size", help="Chunks of one input fitted together as one batch (more pays off on a GPU)."),
@@ -229,7 +230,7 @@ def evaluate(
     report_md: Path = typer.Option(None, "--report", help="Write a Markdown report here."),
     json_out: Path = typer.Option(None, "--json", help="Write the per-track JSON report here."),
     csv_out: Path = typer.Option(None, "--csv", help="Write one CSV row per track x source here."),
-    plot: Path = typer.Option(None, "--plot", help="Write figures (SDR bars, trust-region trajectories, masks) into this folder."),
+    plot: Path = typer.Option(None, "--plot", help="Write figures (SDR bars, before/after spectrograms or scalograms, trust-region trajectories, masks) into this folder."),
     combine: list[str] = typer.Option(
         [], "--combine", help="Score the sum of estimate stems against one reference: speech=pitched+tonal."
     ),

@@ -21,6 +21,12 @@ RTL-SDR offset-binary convention). Every problem a user can cause raises
 Writing goes through :func:`atomic_write`: a temporary name in the target folder,
 then :func:`os.replace`, so an interrupted run never leaves a half-written file and
 never touches an existing one it was not allowed to replace.
+
+Long recordings need not fit in memory: :func:`open_signal` reads audio files and
+``.npy`` arrays a block at a time, :func:`write_stream` appends blocks to a stem's
+temporary file (renamed once complete), and :func:`resample_span` /
+:class:`StreamResampler` resample a block, or a stream of blocks, to the very samples
+:func:`resample` gives the whole signal.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import os
 import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
@@ -61,6 +67,56 @@ class Signal:
     sample_rate: float
     subtype: str | None = None
     path: Path | None = None
+
+
+@dataclass(frozen=True)
+class SignalFile:
+    """A signal file opened for reading in blocks (:func:`open_signal`).
+
+    Attributes:
+        path: the file (as :attr:`Signal.path`).
+        sample_rate: Hz.
+        channels: ``C``.
+        length: samples per channel, ``T``.
+        subtype: as :attr:`Signal.subtype`.
+        is_complex: blocks are complex64 (I/Q), else float32.
+    """
+
+    path: Path
+    sample_rate: float
+    channels: int
+    length: int
+    subtype: str | None
+    is_complex: bool
+    block: Callable[[int, int], np.ndarray] = field(repr=False)  # unchecked ``(C, stop - start)`` samples
+
+    def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Samples ``start..stop`` (default: to the end) as ``(C, n)`` float32 or complex64.
+
+        Raises:
+            InputError: the block holds NaN/Inf samples (the message gives the first one's
+                index in the file), or the file ends early.
+        """
+        stop = self.length if stop is None else stop
+        if not 0 <= start <= stop <= self.length:
+            raise ParameterError(f"block {start}..{stop} is not inside 0..{self.length}")
+        data = self.block(start, stop)
+        _check_finite(self.path, data, offset=start)
+        return data
+
+    def scan(self, *, block: int = 1 << 20) -> bool:
+        """Read the file once, a block at a time: whether any sample is nonzero.
+
+        Raises:
+            InputError: as :meth:`read`, or the file holds no samples.
+        """
+        if self.length == 0 or self.channels == 0:
+            raise InputError(self.path, f"holds no samples (zero-length signal, shape {(self.channels, self.length)})")
+        return any(np.any(self.read(a, min(a + block, self.length))) for a in range(0, self.length, block))
+
+    def load(self) -> Signal:
+        """The whole signal in memory (unchecked; :func:`read` checks it)."""
+        return Signal(self.block(0, self.length), self.sample_rate, self.subtype, self.path)
 
 
 @dataclass(frozen=True)
@@ -136,12 +192,16 @@ def _probe(path: Path) -> None:
 def _check_samples(path: Path, data: np.ndarray) -> None:
     if data.size == 0:
         raise InputError(path, f"holds no samples (zero-length signal, shape {data.shape})")
+    _check_finite(path, data)
+
+
+def _check_finite(path: Path, data: np.ndarray, *, offset: int = 0) -> None:
     bad = ~np.isfinite(data)
     if bad.any():
         channel, sample = np.unravel_index(np.argmax(bad), bad.shape)
         raise InputError(
             path,
-            f"contains {int(bad.sum())} NaN/Inf samples (first at channel {channel}, sample {sample})",
+            f"contains {int(bad.sum())} NaN/Inf samples (first at channel {channel}, sample {offset + sample})",
         )
 
 
@@ -198,22 +258,46 @@ def _check_wav_size(path: Path) -> None:
             f.seek(size + (size & 1), os.SEEK_CUR)
 
 
-def _read_soundfile(path: Path, rate: float | None) -> Signal:
+def _open_soundfile(path: Path, rate: float | None) -> SignalFile:
     import soundfile as sf
 
     if path.suffix.lower() == ".wav":
         _check_wav_size(path)
     try:
         with sf.SoundFile(path) as audio:
-            subtype, samplerate = audio.subtype, audio.samplerate
-            data = audio.read(dtype="float32", always_2d=True)
+            info = (audio.samplerate, audio.channels, audio.frames, audio.subtype)
     except sf.SoundFileError as error:
-        reason = getattr(error, "error_string", None) or _one_line(error)
-        raise InputError(path, f"unreadable or corrupt audio file ({reason})") from None
-    return Signal(np.ascontiguousarray(data.T), _declared_rate(path, samplerate, rate), subtype, path)
+        raise InputError(path, f"unreadable or corrupt audio file ({_soundfile_reason(error)})") from None
+    samplerate, channels, frames, subtype = info
+
+    def block(start: int, stop: int) -> np.ndarray:
+        try:
+            with sf.SoundFile(path) as audio:
+                audio.seek(start)
+                data = audio.read(stop - start, dtype="float32", always_2d=True)
+        except sf.SoundFileError as error:
+            raise InputError(path, f"unreadable or corrupt audio file ({_soundfile_reason(error)})") from None
+        if data.shape[0] != stop - start:
+            raise InputError(path, f"ends after {start + data.shape[0]} samples, its header says {frames} (truncated?)")
+        return np.ascontiguousarray(data.T)
+
+    return SignalFile(path, _declared_rate(path, samplerate, rate), channels, frames, subtype, False, block)
 
 
-def _read_npy(path: Path, rate: float | None) -> Signal:
+def _soundfile_reason(error) -> str:
+    return getattr(error, "error_string", None) or _one_line(error)
+
+
+def _read_soundfile(path: Path, rate: float | None) -> Signal:
+    return _open_soundfile(path, rate).load()
+
+
+def _open_npy(path: Path, rate: float | None) -> SignalFile:
+    """A ``.npy`` file memory-mapped: blocks are read (and converted) one at a time.
+
+    Each block maps the file afresh and lets go of the map once copied: pages read
+    through a map count as the process's resident memory for as long as it lives.
+    """
     with open(path, "rb") as f:
         magic = f.read(6)
     if magic.startswith(b"PK\x03\x04"):
@@ -221,34 +305,42 @@ def _read_npy(path: Path, rate: float | None) -> Signal:
     if magic != b"\x93NUMPY":
         raise InputError(path, "not a .npy file (no NumPy header): is it another format with a .npy name?")
     try:
-        array = np.load(path, allow_pickle=False)
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:
         raise InputError(path, f"unreadable or corrupt .npy file ({_one_line(error)})") from None
-    if not isinstance(array, np.ndarray):
-        array.close()
-        raise InputError(path, "is a .npz archive, not a single .npy array")
     if array.dtype == np.uint8:
         if not (array.ndim == 1 or (array.ndim == 2 and array.shape[1] == 2)):
             raise InputError(
                 path, f"uint8 data is read as I/Q bytes: expected shape (time, 2) or (2*time,), got {array.shape}"
             )
-        data = _decode_iq(path, array.reshape(-1), _IQ_FORMATS["cu8"])
-    elif np.issubdtype(array.dtype, np.complexfloating):
-        data = array.astype(np.complex64)
+        if array.size % 2:
+            _decode_iq(path, array.reshape(-1)[:1], _IQ_FORMATS["cu8"])  # raises: not whole complex samples
+        channels, length, is_complex = 1, array.size // 2, True
+
+        def block(start: int, stop: int) -> np.ndarray:
+            raw = np.load(path, mmap_mode="r").reshape(-1)[2 * start : 2 * stop]
+            return _decode_iq(path, np.array(raw), _IQ_FORMATS["cu8"])
+
+    elif np.issubdtype(array.dtype, np.number) and array.ndim in (1, 2):
+        is_complex = np.issubdtype(array.dtype, np.complexfloating)
+        dtype = np.complex64 if is_complex else np.float32
+        channels, length = (1, *array.shape) if array.ndim == 1 else array.shape
+
+        def block(start: int, stop: int) -> np.ndarray:
+            rows = np.load(path, mmap_mode="r").reshape(channels, length)
+            return np.array(rows[:, start:stop], dtype=dtype, order="C")  # a copy: the map is read-only
+
+        if 0 < length < channels:
+            raise InputError(path, f"shape {array.shape} has more channels than samples: save it as (channels, time)")
     elif np.issubdtype(array.dtype, np.number):
-        data = array.astype(np.float32)
+        raise InputError(path, f"expected shape (time,) or (channels, time), got {array.shape}")
     else:
         raise InputError(path, f"unsupported array dtype {array.dtype} (expected real or complex numbers)")
-    if data.ndim == 1:
-        data = data[None]
-    if data.ndim != 2:
-        raise InputError(path, f"expected shape (time,) or (channels, time), got {array.shape}")
-    channels, samples = data.shape
-    if 0 < samples < channels:
-        raise InputError(
-            path, f"shape {array.shape} has more channels than samples: save it as (channels, time)"
-        )
-    return Signal(data, _require_rate(path, rate), None, path)
+    return SignalFile(path, _require_rate(path, rate), channels, length, None, is_complex, block)
+
+
+def _read_npy(path: Path, rate: float | None) -> Signal:
+    return _open_npy(path, rate).load()
 
 
 def _read_cf32(path: Path, rate: float | None) -> Signal:
@@ -379,6 +471,34 @@ def read(path: str | Path, *, rate: float | None = None) -> Signal:
     return signal
 
 
+def open_signal(path: str | Path, *, rate: float | None = None) -> SignalFile:
+    """Open a signal file for reading in blocks, as :func:`read` would read it whole.
+
+    Audio files (soundfile) and ``.npy`` arrays (memory-mapped) are read block by
+    block, so a long recording never sits in memory whole; other formats are read
+    whole here and served from memory. Samples are checked block by block as they
+    are read (:meth:`SignalFile.read`, :meth:`SignalFile.scan`).
+
+    Raises:
+        InputError, ParameterError: as :func:`read`, except that NaN/Inf samples and
+            an empty signal are found when read.
+    """
+    if rate is not None:
+        rate = _check_rate(rate, "rate")
+    target, reader = _locate(Path(path))
+    _probe(target)
+    opener = _OPENERS.get(reader)
+    if opener is not None:
+        return opener(target, rate)
+    signal = reader(target, rate)
+    data = signal.data
+    return SignalFile(signal.path or target, signal.sample_rate, data.shape[0], data.shape[1], signal.subtype,
+                      np.iscomplexobj(data), lambda start, stop: data[:, start:stop])
+
+
+_OPENERS = {_read_soundfile: _open_soundfile, _read_npy: _open_npy}
+
+
 # -------------------------------------------------------------------- writing
 
 
@@ -439,15 +559,108 @@ def write_text_atomic(path: str | Path, text: str, *, overwrite: bool = False) -
     return Path(path)
 
 
-def _write_soundfile(temp: Path, data: np.ndarray, sample_rate: float, fmt: str, subtype: str) -> None:
+class SignalWriter:
+    """The open temporary file of :func:`write_stream`: blocks of samples appended in order."""
+
+    def __init__(self, path: Path, sink, *, channels: int, length: int, is_complex: bool):
+        self.path = path  # the final name, for messages
+        self.channels, self.length, self.is_complex = channels, length, is_complex
+        self.written = 0
+        self._sink = sink  # (block (C, n), offset) -> None
+
+    def write(self, block: np.ndarray) -> None:
+        """Append ``(C, n)`` samples.
+
+        Raises:
+            ParameterError: wrong shape, more samples than announced, NaN/Inf samples,
+                or complex samples for a real file.
+        """
+        block = np.asarray(block)
+        if block.ndim != 2 or block.shape[0] != self.channels:
+            raise ParameterError(f"data must have shape ({self.channels}, time), got {block.shape}")
+        if self.written + block.shape[1] > self.length:
+            raise ParameterError(f"{self.path}: {self.written + block.shape[1]} samples is more than {self.length}")
+        bad = int(np.count_nonzero(~np.isfinite(block)))
+        if bad:
+            raise ParameterError(f"refusing to write {self.path}: data holds {bad} NaN/Inf samples")
+        if np.iscomplexobj(block) and not self.is_complex:
+            raise ParameterError(f"cannot write complex data to {self.path}: use .npy")
+        self._sink(block.astype(np.complex64 if self.is_complex else np.float32, copy=False), self.written)
+        self.written += block.shape[1]
+
+
+@contextlib.contextmanager
+def write_stream(
+    path: str | Path,
+    sample_rate: float,
+    *,
+    channels: int,
+    length: int,
+    is_complex: bool = False,
+    subtype: str | None = None,
+    overwrite: bool = False,
+) -> Iterator[SignalWriter]:
+    """Write ``channels x length`` samples to ``.wav``, ``.flac`` or ``.npy`` block by block, atomically.
+
+    The blocks go to :func:`atomic_write`'s temporary file as they come
+    (:meth:`SignalWriter.write`); ``path`` appears, renamed, only once all ``length``
+    samples are written and the body has returned. If the body raises, or fewer
+    samples were written, the temporary file is removed and ``path`` is left as it
+    was; a killed process leaves only a temporary file (:func:`is_temporary`),
+    never a partial ``path``.
+
+    Args: as :func:`write`; ``is_complex``: complex64 samples (``.npy`` only).
+
+    Raises:
+        ParameterError: as :func:`write`, or the body wrote fewer than ``length`` samples.
+        OutputExistsError: as :func:`write`.
+    """
     import soundfile as sf
 
-    try:
-        sf.write(temp, data.T, int(sample_rate), format=fmt, subtype=subtype)
-    except sf.SoundFileError as error:
-        raise ParameterError(
-            f"cannot write {data.shape[0]} channels at {sample_rate:g} Hz as {fmt} {subtype} ({_one_line(error)})"
-        ) from None
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in _WRITE_EXTENSIONS:
+        expected = ", ".join(supported_extensions(write=True))
+        raise ParameterError(f"cannot write {path}: unsupported extension (expected one of {expected})")
+    if not (isinstance(channels, int) and channels >= 1 and isinstance(length, int) and length >= 1):
+        raise ParameterError(f"data must have shape (channels, time) with samples, got {(channels, length)}")
+    rate = _check_rate(sample_rate, "sample_rate")
+    fmt = _SOUNDFILE_FORMATS.get(suffix, "")
+    if fmt:
+        if is_complex:
+            raise ParameterError(f"cannot write complex data to {path}: use .npy")
+        if rate != round(rate):
+            raise ParameterError(f"{suffix} needs an integer sample rate, got {rate:g} Hz (resample or write .npy)")
+        subtype = _soundfile_subtype(path, fmt, subtype)
+    with atomic_write(path, overwrite=overwrite) as temp, contextlib.ExitStack() as files:
+        if fmt:
+            try:
+                audio = files.enter_context(sf.SoundFile(temp, "w", int(rate), channels, subtype, format=fmt))
+            except sf.SoundFileError as error:
+                raise ParameterError(
+                    f"cannot write {channels} channels at {rate:g} Hz as {fmt} {subtype} ({_one_line(error)})"
+                ) from None
+
+            def sink(block: np.ndarray, offset: int) -> None:
+                audio.write(block.T)
+        else:
+            dtype = np.dtype(np.complex64 if is_complex else np.float32)
+            file = files.enter_context(open(temp, "wb"))
+            header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (channels, length)}
+            np.lib.format.write_array_header_1_0(file, header)
+            base = file.tell()
+
+            def sink(block: np.ndarray, offset: int) -> None:
+                # (C, T) is channel-major: each channel's samples go to their own stretch of the file
+                # (plain writes, not a memory map, whose written pages would count as resident memory)
+                for c in range(channels):
+                    file.seek(base + (c * length + offset) * dtype.itemsize)
+                    file.write(np.ascontiguousarray(block[c]).tobytes())
+
+        writer = SignalWriter(path, sink, channels=channels, length=length, is_complex=is_complex)
+        yield writer
+        if writer.written != length:
+            raise ParameterError(f"{path}: {writer.written} of {length} samples were written; nothing was kept")
 
 
 def _soundfile_subtype(path: Path, fmt: str, subtype: str | None) -> str:
@@ -492,33 +705,16 @@ def write(
         ParameterError: unsupported extension or subtype, wrong shape, NaN/Inf
             samples, complex data for audio, or a non-integer audio rate.
     """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in _WRITE_EXTENSIONS:
-        expected = ", ".join(supported_extensions(write=True))
-        raise ParameterError(f"cannot write {path}: unsupported extension (expected one of {expected})")
     data = np.asarray(data)
     if data.ndim != 2 or data.size == 0:
         raise ParameterError(f"data must have shape (channels, time) with samples, got {data.shape}")
-    rate = _check_rate(sample_rate, "sample_rate")
     bad = int(np.count_nonzero(~np.isfinite(data)))
-    if bad:
+    if bad:  # before anything is created
         raise ParameterError(f"refusing to write {path}: data holds {bad} NaN/Inf samples")
-    is_complex = np.iscomplexobj(data)
-    data = data.astype(np.complex64 if is_complex else np.float32, copy=False)
-    fmt = _SOUNDFILE_FORMATS.get(suffix, "")
-    if fmt:
-        if is_complex:
-            raise ParameterError(f"cannot write complex data to {path}: use .npy")
-        if rate != round(rate):
-            raise ParameterError(f"{suffix} needs an integer sample rate, got {rate:g} Hz (resample or write .npy)")
-        subtype = _soundfile_subtype(path, fmt, subtype)
-    with atomic_write(path, overwrite=overwrite) as temp:
-        if fmt:
-            _write_soundfile(temp, data, rate, fmt, subtype)
-        else:
-            np.save(temp, data)
-    return path
+    with write_stream(path, sample_rate, channels=data.shape[0], length=data.shape[1],
+                      is_complex=np.iscomplexobj(data), subtype=subtype, overwrite=overwrite) as writer:
+        writer.write(data)
+    return Path(path)
 
 
 # ----------------------------------------------------------------- resampling
@@ -560,6 +756,90 @@ def resample(data: np.ndarray, from_rate: float, to_rate: float, *, max_denomina
         return data.astype(dtype)
     out = scipy.signal.resample_poly(data, ratio.numerator, ratio.denominator, axis=-1)
     return out.astype(dtype, copy=False)
+
+
+def _filter_half(ratio: Fraction) -> int:
+    """Half the length of :func:`resample`'s filter, in upsampled samples (scipy's ``10 * max(up, down)``)."""
+    return 10 * max(ratio.numerator, ratio.denominator)
+
+
+def resampled_length(length: int, from_rate: float, to_rate: float) -> int:
+    """Samples :func:`resample` makes of ``length`` samples: ``ceil(length * up / down)``."""
+    ratio = resample_ratio(from_rate, to_rate)
+    return -(-length * ratio.numerator // ratio.denominator)
+
+
+def resample_span(read: Callable[[int, int], np.ndarray], length: int, from_rate: float, to_rate: float,
+                  start: int, stop: int) -> np.ndarray:
+    """Samples ``start..stop`` of :func:`resample` of a ``length``-sample signal, reading only what they need.
+
+    ``read(a, b)`` returns the input's samples ``a..b`` as ``(C, b - a)``. Each output
+    sample depends on the input within the filter's half length of it; reading from a
+    multiple of ``down`` keeps the polyphase filter in the same phase as for the whole
+    signal, so the samples are those of the whole signal's resampling (to rounding),
+    and chunks resampled one by one show no seams.
+
+    Returns:
+        ``(C, stop - start)`` float32, or complex64 for complex input.
+    """
+    ratio = resample_ratio(from_rate, to_rate)
+    up, down, half = ratio.numerator, ratio.denominator, _filter_half(ratio)
+    first = max(0, -(-(start * down - half) // up))  # the inputs output ``n`` depends on: |n*down - m*up| <= half
+    last = min(length, (max(stop - 1, start) * down + half) // up + 1)
+    first -= first % down
+    offset = first * up // down  # the output sample the block's resampling starts at
+    return resample(read(first, last), from_rate, to_rate)[:, start - offset : stop - offset]
+
+
+class StreamResampler:
+    """:func:`resample` of a signal that arrives in consecutive blocks, with the same samples.
+
+    :meth:`push` takes the next block and returns the output samples that no later
+    input changes; it keeps only the input that later outputs still need (the
+    filter's half length, plus up to ``down`` samples to keep the filter's phase).
+    The output is cut or zero-padded to ``length_out`` samples at the end (resampling
+    there and back rounds lengths up).
+    """
+
+    def __init__(self, from_rate: float, to_rate: float, *, length_in: int, length_out: int | None = None):
+        self.from_rate, self.to_rate = from_rate, to_rate
+        self.ratio = resample_ratio(from_rate, to_rate)
+        self.length_in = length_in
+        self.length_out = resampled_length(length_in, from_rate, to_rate) if length_out is None else length_out
+        self._pending: np.ndarray | None = None  # input samples from ``_base`` on
+        self._base = 0
+        self._received = 0
+        self._emitted = 0
+
+    def push(self, block: np.ndarray) -> np.ndarray:
+        """The next ``(C, n)`` input samples -> the ``(C, m)`` output samples now final.
+
+        Raises:
+            ParameterError: more input than ``length_in`` samples.
+        """
+        up, down, half = self.ratio.numerator, self.ratio.denominator, _filter_half(self.ratio)
+        block = np.asarray(block)
+        self._pending = block if self._pending is None else np.concatenate([self._pending, block], axis=-1)
+        self._received += block.shape[-1]
+        if self._received > self.length_in:
+            raise ParameterError(f"{self._received} samples pushed, more than the {self.length_in} announced")
+        whole = resampled_length(self.length_in, self.from_rate, self.to_rate)
+        if self._received == self.length_in:
+            ready = whole
+        else:  # outputs whose last input, (n*down + half) // up, has arrived
+            ready = min(whole, max(0, (self._received * up - 1 - half) // down + 1))
+        offset = self._base * up // down
+        out = resample(self._pending, self.from_rate, self.to_rate)[:, self._emitted - offset : ready - offset]
+        self._emitted = max(self._emitted, ready)
+        keep = max(0, -(-(ready * down - half) // up))
+        keep = max(self._base, keep - keep % down)
+        self._pending = self._pending[:, keep - self._base :]
+        self._base = keep
+        done = self._emitted - out.shape[-1]  # where ``out`` starts in the output
+        out = out[:, : max(0, self.length_out - done)]
+        if self._received == self.length_in and self._emitted < self.length_out:
+            out = np.pad(out, ((0, 0), (0, self.length_out - max(done, self._emitted))))
+        return out
 
 
 # ---------------------------------------------------------------------- paths

@@ -27,12 +27,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from demux.chunks import overlap_add, plan_chunks, split
+from demux.chunks import OverlapAdd, plan_chunks
 from demux.errors import ParameterError, RecipeError
 from demux.model import ModelInputs, SourceBlocks, VarianceModel
 from demux.priors.combine import apply_locks
 from demux.priors.harmonic import comb_log_odds, track_f0
 from demux.priors.learned import load_offsets
+from demux.priors.lines import find_lines, line_signal
 from demux.priors.noise import noise_log_variance
 from demux.priors.support import band_membership, direction_membership, level_membership, support_log_odds
 from demux.recipe import Recipe, check_against_signal, load_recipe
@@ -168,8 +169,9 @@ def separate(
         seed: fixes every random draw (dropout draws, Hutchinson probes).
         device: where the transforms and the fit run.
         segment: signals longer than this many seconds are cut into chunks of this
-            length, fitted ``batch_size`` chunks at a time and cross-faded back
-            (``None``: the whole signal at once).
+            length, fitted ``batch_size`` chunks at a time, each batch warm-started from
+            the one before, and cross-faded back (``None``: the whole signal at once;
+            see :func:`separate_chunks`).
         overlap: the chunks' overlap, as a fraction of ``segment`` (at most 0.5).
         batch_size: chunks fitted together as one batch.
         on_stage: called with each stage's name before it runs (progress display).
@@ -186,18 +188,20 @@ def separate(
     """
     recipe = load_recipe(recipe) if isinstance(recipe, str) else recipe
     x, unbatched = as_batched(signal)
+    if segment is not None:
+        regions = list(separate_chunks(lambda start, stop: x[..., start:stop], x.shape[-1], sample_rate, recipe,
+                                       seed=seed, device=device, segment=segment, overlap=overlap,
+                                       batch_size=batch_size, on_stage=on_stage, learned=learned))
+        stems = {name: torch.cat([stems[name] for stems, _ in regions], dim=-1) for name in regions[0][0]}
+        reports = [report for _, batch_reports in regions for report in batch_reports]
+        return Separation(stems=unbatch(stems, unbatched), sample_rate=float(sample_rate), stages=reports)
     x = x.to(device=device, dtype=torch.complex64 if x.is_complex() else torch.float32)
     length = x.shape[-1]
     rate = served_rate(recipe, sample_rate)
     if rate != sample_rate:
         x = _resample(x, sample_rate, rate)
     check_against_signal(recipe, rate, complex_signal=x.is_complex())
-
-    if segment is None:
-        stems, reports = _run_stages(recipe, x, rate, seed=seed, on_stage=on_stage, learned=learned)
-    else:
-        stems, reports = _run_chunked(recipe, x, rate, seed=seed, on_stage=on_stage, segment=segment,
-                                      overlap=overlap, batch_size=batch_size, learned=learned)
+    stems, reports = _run_stages(recipe, x, rate, seed=seed, on_stage=on_stage, learned=learned)
     if rate != sample_rate:
         stems = {name: _fit_length(_resample(s, rate, sample_rate), length) for name, s in stems.items()}
     return Separation(stems=unbatch(stems, unbatched), sample_rate=float(sample_rate), stages=reports)
@@ -220,43 +224,154 @@ def unbatch(stems: dict[str, Tensor], unbatched: bool) -> dict[str, Tensor]:
     return {name: s.squeeze(0) for name, s in stems.items()} if unbatched else stems
 
 
-def _run_stages(recipe: Recipe, x: Tensor, rate: float, *, seed: int, on_stage,
-                learned=None) -> tuple[dict[str, Tensor], list]:
-    """Every stage of ``recipe`` on ``x`` ``(batch, channel, time)``: the final stems and the reports."""
+def _run_stages(recipe: Recipe, x: Tensor, rate: float, *, seed: int, on_stage, learned=None,
+                carry: list | None = None) -> tuple[dict[str, Tensor], list]:
+    """Every stage of ``recipe`` on ``x`` ``(batch, channel, time)``: the final stems and the reports.
+
+    ``carry`` (chunks fitted one batch after another) holds per stage the previous
+    batch's ``(end, cold start)``, or None: each stage then starts from its own cold
+    start plus what the previous fit learned beyond its cold start (online mode's warm
+    start without forgetting, :mod:`demux.online`), and its entry is replaced by this
+    batch's. The chunks of a long input start where the chunk before ended rather than
+    from scratch: consecutive chunks agree (smooth seams) and each fit goes on
+    converging.
+    """
+    from demux.online import _initial_theta
+
     stems: dict[str, Tensor] = {"mixture": x}
     reports = []
     for index, stage in enumerate(recipe.stages):
         if on_stage:
             on_stage(stage.name)
-        parent = stage.split or "mixture"
-        out, report = run_stage(stage, stems.pop(parent), rate, seed=seed + index, recipe_source=recipe.source,
-                                learned=learned)
+        parent = stems.pop(stage.split or "mixture")
+        warm = None
+        if carry is not None:
+            initial = _initial_theta(stage, parent, rate, recipe.source)
+            warm = _carried(carry[index], initial)
+        out, report = run_stage(stage, parent, rate, seed=seed + index, recipe_source=recipe.source,
+                                learned=learned, warm=warm)
+        if carry is not None:
+            carry[index] = (report.end, initial)
         stems.update(out)
         reports.append(report)
     return stems, reports
 
 
-def _run_chunked(recipe, x: Tensor, rate: float, *, seed: int, on_stage, segment: float, overlap: float, batch_size: int,
-                 learned=None):
-    """:func:`_run_stages` over equal chunks of ``segment`` seconds, ``batch_size`` at a time."""
-    if segment <= 0 or not 0 <= overlap <= 0.5 or batch_size < 1:
+def _carried(previous: tuple[WarmStart, Tensor] | None, initial: Tensor) -> WarmStart | None:
+    """The warm start of a batch of ``n`` chunks from the batch before (its first ``n`` items; see ``carry``)."""
+    if previous is None:
+        return None
+    end, previous_initial = previous
+    n = initial.shape[0]
+    if end.theta.shape[1:] != initial.shape[1:] or end.theta.shape[0] < n:
+        return None
+    return WarmStart(initial + (end.theta[:n] - previous_initial[:n]).to(initial), end.radius, end.dropout)
+
+
+def separate_chunks(
+    read: Callable[[int, int], Tensor | np.ndarray],
+    length: int,
+    sample_rate: float,
+    recipe: Recipe | str,
+    *,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    segment: float,
+    overlap: float = 0.1,
+    batch_size: int = 1,
+    on_stage: Callable[[str], None] | None = None,
+    learned: dict[str, Tensor] | None = None,
+) -> Iterator[tuple[dict[str, Tensor], list[StageReport]]]:
+    """Separate a long signal chunk by chunk, reading it and handing its stems over a region at a time.
+
+    The memory this takes is that of ``batch_size`` chunks, whatever ``length`` is:
+    chunks of ``segment`` seconds at the recipe's rate (:func:`demux.chunks.plan_chunks`)
+    are read ``batch_size`` at a time, fitted as one batch, and cross-faded into a
+    rolling buffer (:class:`demux.chunks.OverlapAdd`) that hands over every region no
+    later chunk covers. Each batch's fits start where the batch before ended (the
+    ``carry`` of :func:`_run_stages`). A recipe that resamples (``resample_to``) resamples each chunk
+    from just the input it needs (:func:`demux.io.resample_span`) and its stems back as
+    they come (:class:`demux.io.StreamResampler`): the same samples as resampling the
+    whole signal, so no seam comes from resampling. :func:`separate` with ``segment``
+    is this, on a signal in memory, with the regions put together.
+
+    Args:
+        read: ``read(start, stop)`` -> the input's samples ``start..stop`` at
+            ``sample_rate``, ``(channel, n)`` or ``(batch, channel, n)``.
+        length: the input's length, samples.
+        sample_rate, recipe, seed, device, segment, overlap, batch_size, on_stage,
+            learned: as :func:`separate`.
+
+    Yields:
+        ``(stems, reports)`` once per batch of chunks: source name -> ``(batch, channel, n)``,
+        the next ``n`` samples of that stem at ``sample_rate`` (over every batch the ``n``
+        add up to ``length``), and that batch's stage reports (their ``chunks`` say which;
+        masks are kept for the first batch only, warm-start ends not at all: a long
+        signal's would fill the memory the chunking saves).
+
+    Raises:
+        ParameterError: bad ``segment``/``overlap``/``batch_size``, a sample rate the
+            recipe cannot serve, or a signal too short.
+        RecipeError: a recipe value is impossible for this signal.
+    """
+    from demux.io import StreamResampler, resample_span, resampled_length
+
+    if segment is None or not segment > 0 or not 0 <= overlap <= 0.5 or batch_size < 1:
         raise ParameterError(
             f"segment={segment} s must be > 0, overlap={overlap} in [0, 0.5], batch_size={batch_size} >= 1"
         )
+    recipe = load_recipe(recipe) if isinstance(recipe, str) else recipe
+    rate = served_rate(recipe, sample_rate)
+
+    def batched(block) -> Tensor:
+        return as_batched(block)[0]
+
+    if length < 1:
+        raise ParameterError("the signal holds no samples")
+    probe = batched(read(0, 1))
+    B, C = probe.shape[:2]
+    check_against_signal(recipe, rate, complex_signal=probe.is_complex())
+    if rate == sample_rate:
+        fetch, rate_length = (lambda start, stop: batched(read(start, stop))), length
+    else:
+        def fetch(start: int, stop: int) -> Tensor:
+            flat = resample_span(lambda a, b: _numpy(batched(read(a, b))).reshape(B * C, b - a), length,
+                                 sample_rate, rate, start, stop)
+            return torch.from_numpy(flat).reshape(B, C, -1)
+
+        rate_length = resampled_length(length, sample_rate, rate)
     size = max(1, round(segment * rate))
-    plan = plan_chunks(x.shape[-1], size=size, overlap=round(overlap * size))
-    chunks = split(x, plan)
-    pieces: dict[str, list[Tensor]] = {}
-    reports = []
-    for start in range(0, chunks.shape[0], batch_size):
-        stems, batch_reports = _run_stages(recipe, chunks[start : start + batch_size], rate, seed=seed, on_stage=on_stage,
-                                           learned=learned)
+    plan = plan_chunks(rate_length, size=size, overlap=round(overlap * size))
+    joiners: dict[str, OverlapAdd] = {}
+    back: dict[str, StreamResampler] = {}
+    carry: list = [None] * len(recipe.stages)
+    dtype = torch.complex64 if probe.is_complex() else torch.float32
+    for first in range(0, plan.count, batch_size):
+        index = range(first, min(first + batch_size, plan.count))
+        x = torch.stack([fetch(plan.starts[i], plan.starts[i] + plan.size) for i in index], dim=1)
+        x = x.reshape(B * len(index), C, plan.size).to(device=device, dtype=dtype)
+        stems, reports = _run_stages(recipe, x, rate, seed=seed, on_stage=on_stage, learned=learned, carry=carry)
+        regions = {}
         for name, stem in stems.items():
-            pieces.setdefault(name, []).append(stem)
-        for report in batch_reports:
-            report.chunks = list(range(start, min(start + batch_size, chunks.shape[0])))
-        reports.extend(batch_reports)
-    return {name: overlap_add(torch.cat(parts), plan) for name, parts in pieces.items()}, reports
+            parts = stem.reshape(B, len(index), C, plan.size)
+            joiner = joiners.setdefault(name, OverlapAdd(plan))
+            region = torch.cat([joiner.add(i, parts[:, k]) for k, i in enumerate(index)], dim=-1)
+            if rate != sample_rate:
+                resampler = back.setdefault(name, StreamResampler(rate, sample_rate, length_in=rate_length,
+                                                                  length_out=length))
+                done = resampler.push(_numpy(region).reshape(B * C, -1))
+                region = torch.from_numpy(done).reshape(B, C, -1).to(region.device)
+            regions[name] = region
+        for report in reports:
+            report.chunks = list(index)
+            report.end = None
+            if first:
+                report.masks = None
+        yield regions, reports
+
+
+def _numpy(x: Tensor) -> np.ndarray:
+    return x.detach().cpu().numpy()
 
 
 def run_stage(stage: StageSpec, x: Tensor, sample_rate: float, *, seed: int, recipe_source: str = "<recipe>",
@@ -302,7 +417,8 @@ def run_stage(stage: StageSpec, x: Tensor, sample_rate: float, *, seed: int, rec
             dropout_floor=min(warm.dropout, config.dropout_floor),
             warmup=0,
         )
-    result = minimize(model.objective, theta0, masks=lambda th: model.masks(th).flatten(1), config=config)
+    result = minimize(model.objective, theta0, masks=lambda th: model.masks(th).flatten(1), config=config,
+                      curvature=model.quadratic, mask_vjp=model.mask_vjp)
     with torch.set_grad_enabled(inputs.learned.requires_grad):
         if inputs.learned.requires_grad:
             model = stage_model(stage, inputs)
@@ -393,7 +509,8 @@ def stage_inputs(stage: StageSpec, coeffs: Tensor, transform: Transform, length:
 
     p = power(coeffs).float()
     p = p.reshape(B, -1) if per_channel else p.sum(1).reshape(B, -1)
-    p = p / (p.mean(dim=1, keepdim=True) + 1e-20)
+    scale = p.mean(dim=1, keepdim=True) + 1e-20
+    p = p / scale
     log_p = _level_normalised_log(p)
     sizes = [src.energy.size for src in stage.sources.values() if src.energy]
     local = _level_normalised_log(_neighbourhood_mean(p, shape, max(sizes))) if sizes else torch.zeros_like(p)
@@ -405,7 +522,9 @@ def stage_inputs(stage: StageSpec, coeffs: Tensor, transform: Transform, length:
     support = torch.ones(S, Kf, device=p.device)
     locks = torch.zeros(S, Kf, dtype=torch.bool, device=p.device)
     anchor = torch.zeros(B, S, n_groups, device=p.device)
+    members: list[Tensor] = []  # per source: (Kf,) or, with component rules, (B, Kf)
     offsets = torch.zeros(S, n_groups, device=p.device)
+    arrival = _arrival_prior(stage, coeffs, transform, recipe_source)  # (B, S, Kf), or None without arrivals
     for s, (name, src) in enumerate(stage.sources.items()):
         key = f"stages.{stage.name}.sources.{name}"
         member = torch.ones(Kf, device=p.device)
@@ -427,13 +546,20 @@ def stage_inputs(stage: StageSpec, coeffs: Tensor, transform: Transform, length:
                 flat(grid.direction_deg).float(), direction=src.steering.direction, width=src.steering.width
             )
             member = torch.minimum(member, toward)
+        if src.components:
+            member = torch.minimum(member, _component_member(src, transform, coeffs, length, shape, key, recipe_source))
+        members.append(member)
         # outside its support a source's variance is e^outside, or e^outside times the
         # observed power where that is below the mean: an absolute floor alone let another
         # source take the quiet stretches of its own band (log-power far below -8 there)
         prior[:, s] = support_log_odds(member, outside=src.outside) + (1 - member) * quiet
-        support[s] = member
+        support[s] = member if member.dim() == 1 else member.amax(0)  # per-item members: where any item allows
+        if src.arrival:
+            prior[:, s] += arrival[:, s]
         if src.harmonic:
             prior[:, s] += _harmonic_prior(src.harmonic, p, freq, K, per_channel, key, recipe_source)
+        if src.lines:
+            prior[:, s] += _line_prior(src, transform, coeffs, length, p, scale, per_channel)
         if src.lock:
             locks[s] = band_membership(freq, [(b.lo, b.hi, b.edge) for b in src.lock], resolution_hz=width) > 0.5
             support[s] = torch.maximum(support[s], locks[s].float())
@@ -459,6 +585,7 @@ def stage_inputs(stage: StageSpec, coeffs: Tensor, transform: Transform, length:
             offsets[s] = given.to(p.device)
         elif src.learned:
             offsets[s] = load_offsets(src.learned, key=name, stage=stage.name, n_groups=n_groups).to(p.device)
+    _rest_supports(stage, members, prior, support, quiet)
     if (locks.sum(0) > 1).any():
         raise RecipeError(recipe_source, f"stages.{stage.name}.sources", "two sources lock the same band")
     for s in range(S):
@@ -482,6 +609,32 @@ def stage_inputs(stage: StageSpec, coeffs: Tensor, transform: Transform, length:
     return inputs, per_channel
 
 
+def _component_member(src, transform: Transform, coeffs: Tensor, length: int, shape: tuple[int, ...], key: str,
+                      recipe_source: str) -> Tensor:
+    """``(B, Kf)`` membership of each coefficient's component in ``src`` (its ``components`` rules)."""
+    from demux.priors.components import component_membership
+    from demux.transforms.components import ICASTFT
+
+    if not isinstance(transform, ICASTFT):
+        raise RecipeError(recipe_source, f"{key}.components", "component rules need an 'ica-stft' transform")
+    activations = transform.activations(coeffs, length, highpass=True).real.float()  # drift left out, as in the fit
+    member = component_membership(activations, src.components, sample_rate=transform.sample_rate)  # (B, K)
+    B, K = member.shape
+    return torch.broadcast_to(member.view(B, K, *(1,) * (len(shape) - 1)), (B, *shape)).reshape(B, -1)
+
+
+def _rest_supports(stage: StageSpec, members: list[Tensor], prior: Tensor, support: Tensor, quiet: Tensor) -> None:
+    """Give each ``rest`` source (in place) what the other sources' memberships leave, times its own."""
+    for s, src in enumerate(stage.sources.values()):
+        if not src.rest:
+            continue
+        others = torch.stack(torch.broadcast_tensors(*[m for t, m in enumerate(members) if t != s])).amax(0)
+        old, new = members[s], members[s] * (1 - others)
+        prior[:, s] += support_log_odds(new, outside=src.outside) + (1 - new) * quiet
+        prior[:, s] -= support_log_odds(old, outside=src.outside) + (1 - old) * quiet
+        support[s] = new if new.dim() == 1 else new.amax(0)
+
+
 def _blocks(src) -> SourceBlocks:
     return SourceBlocks(
         gain=not src.stationary,
@@ -489,7 +642,7 @@ def _blocks(src) -> SourceBlocks:
         energy=(src.energy.beta, src.energy.alpha) if src.energy else None,
         smooth_time=src.smooth.time,
         smooth_freq=src.smooth.freq,
-        anchor_weight=src.noise_floor.weight if src.noise_floor else 0.0,
+        anchor_weight=src.noise_floor.weight if src.noise_floor else src.lines.weight if src.lines else 0.0,
     )
 
 
@@ -514,6 +667,28 @@ def _neighbourhood_mean(power: Tensor, shape: tuple[int, ...], size: int) -> Ten
     return out.reshape(B, -1)
 
 
+def _arrival_prior(stage: StageSpec, coeffs: Tensor, transform: Transform, recipe_source: str) -> Tensor | None:
+    """``(B, S, Kf)`` direction-of-arrival log-odds of the sources with an ``arrival`` (zeros for the others)."""
+    from demux.priors.direction import arrival_priors
+    from demux.transforms.spatial import ArraySTFT
+
+    sources = list(stage.sources.values())
+    if not any(src.arrival for src in sources):
+        return None
+    if not isinstance(transform, ArraySTFT):
+        name = next(n for n, src in stage.sources.items() if src.arrival)
+        raise RecipeError(recipe_source, f"stages.{stage.name}.sources.{name}.arrival",
+                          "a direction of arrival needs the array's geometry: transform 'array-stft'")
+    log_odds, _ = arrival_priors(
+        transform, coeffs,
+        given=[src.arrival.direction if src.arrival else 0.0 for src in sources],
+        phase_noise=[src.arrival.phase_noise if src.arrival else 1.0 for src in sources],
+        floor=[src.outside for src in sources],
+    )
+    keep = torch.tensor([src.arrival is not None for src in sources], device=log_odds.device)
+    return torch.where(keep[None, :, None, None], log_odds, 0.0).flatten(2).float()
+
+
 def _harmonic_prior(h, p: Tensor, freq: Tensor, K, per_channel: bool, key: str, recipe_source: str) -> Tensor:
     if len(K) != 2 or per_channel:
         raise RecipeError(recipe_source, f"{key}.harmonic", "a harmonic comb needs a (freq, frame) transform such as stft")
@@ -523,6 +698,35 @@ def _harmonic_prior(h, p: Tensor, freq: Tensor, K, per_channel: bool, key: str, 
     f0, voicing = track_f0(spec, freqs, f0_min=h.f0_min, f0_max=h.f0_max, n_harmonics=h.n_harmonics)
     comb = comb_log_odds(freqs, f0, voicing, n_harmonics=h.n_harmonics, width=h.width, strength=h.strength)
     return comb.reshape(p.shape[0], -1)
+
+
+def _line_prior(src, transform: Transform, coeffs: Tensor, length: int, p: Tensor, scale: Tensor,
+                per_channel: bool) -> Tensor:
+    """``(B, Kf)`` log-variance of the steady tones found in the stage's input, in the units of ``p``.
+
+    The tones are searched inside the source's bands (where its support is at least 1/2);
+    where no tone reaches, the log-variance is ``floor_db`` below the white noise floor.
+    The source's level (a log-gain on this) is anchored at 0 (see :func:`_blocks`).
+    """
+    B, C = coeffs.shape[:2]
+    rate = transform.sample_rate
+    x = transform.inverse(coeffs, length).reshape(B * C, length)
+    bands = [(b.lo, b.hi, b.edge) for b in src.bands]
+
+    def allowed(hz: Tensor) -> Tensor:
+        if not bands:
+            return torch.ones_like(hz, dtype=torch.bool)
+        return band_membership(hz, bands, resolution_hz=rate / length) > 0.5
+
+    spec = src.lines
+    freqs, amplitudes = find_lines(x, sample_rate=rate, allowed=allowed, threshold_db=spec.threshold_db,
+                                   max_lines=spec.max_lines)
+    tones = line_signal(freqs, amplitudes, sample_rate=rate, length=length, real=not x.is_complex())
+    line_power = power(transform(tones.to(x.dtype).reshape(B, C, length))).float()
+    line_power = line_power.reshape(B, -1) if per_channel else line_power.sum(1).reshape(B, -1)
+    zeros = torch.zeros(p.shape[1], dtype=torch.long, device=p.device)
+    white = noise_log_variance(p, zeros, 1, estimate="mad", percentile=50.0, complex_coeffs=coeffs.is_complex())
+    return torch.log(line_power / scale + torch.exp(white) * 10.0 ** (-spec.floor_db / 10.0))
 
 
 def _mel_groups(stage: StageSpec, freq: Tensor, sample_rate: float, recipe_source: str) -> tuple[Tensor, int]:

@@ -236,3 +236,25 @@ def test_source_name_escaping_the_track_folder_is_refused_by_safe_join(tmp_path)
     with pytest.raises(DemuxError, match=r"item0\.wav: .*'\.\./evil\.wav' escapes the output folder"):
         separate_item(item, recipe, Options(out=out), resume=False)  # ... and by safe_join for every file
     assert not out.exists() and not (tmp_path / "evil.wav").exists()
+
+
+def test_long_item_failing_midway_leaves_no_stem_and_no_temporary(tmp_path, monkeypatch):
+    import demux.pipeline
+
+    write_mixtures(tmp_path / "in", 1, seconds=3.0)
+    real = demux.pipeline.separate_chunks
+    written = []
+
+    def fails_after_one_batch(*args, **kwargs):
+        regions = real(*args, **kwargs)
+        yield next(regions)
+        written.extend(temporaries(tmp_path / "out"))  # the first region went to the stems' temporaries
+        raise ParameterError("chunk 2 failed")
+
+    monkeypatch.setattr(demux.pipeline, "separate_chunks", fails_after_one_batch)
+    recipe = load_recipe("tones-fft")
+    items, _ = plan([tmp_path / "in"], recipe, tmp_path / "out")
+    [result] = run(items, recipe, Options(out=tmp_path / "out", segment=1.0), batch=True)
+    assert result.status == "failed" and "chunk 2 failed" in result.message
+    assert len(written) == 3  # one temporary per stem, being written as the chunks came
+    assert [p for p in (tmp_path / "out").rglob("*") if p.is_file()] == []

@@ -509,3 +509,35 @@ def test_complex_iq_input_gives_complex_npy_stems(tmp_path):
 def test_version_is_printed():
     result = CliRunner().invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.strip() == f"demux {demux.__version__}"
+
+
+@pytest.mark.parametrize(("fmt", "rate", "overrides"), [
+    ("wav", FS, ()),  # read in blocks through soundfile
+    ("npy", 11025, ("--set", "sample_rates=[8000]", "--set", "resample_to=8000")),  # memory-mapped, resampled per chunk
+])
+def test_file_longer_than_segment_is_streamed_to_the_in_memory_chunked_stems(tmp_path, fmt, rate, overrides):
+    one = tones([(440, 0.3), (1700, 0.2), (3100, 0.1)], sample_rate=rate, seconds=3.0).numpy()
+    noise = 0.01 * np.random.default_rng(0).standard_normal((2, one.size))
+    data = (np.stack([one, 0.8 * one]) + noise).astype(np.float32)
+    path = tmp_path / f"long.{fmt}"
+    if fmt == "wav":
+        write_wav(path, data, rate=rate)
+    else:
+        np.save(path, data)
+    out = tmp_path / "OUT"
+    rate_option = ("--rate", str(rate)) if fmt == "npy" else ()
+    result = separate(path, "-r", "tones-fft", "-o", out, *rate_option, *overrides, "--segment", "0.7",
+                      "--overlap", "0.25", "--batch-size", "2")
+    assert result.exit_code == 0, result.output
+    recipe = load_recipe("tones-fft", [o for o in overrides if o != "--set"])
+    expected = demux.separate(data, rate, recipe, segment=0.7, overlap=0.25, batch_size=2).stems
+    stems = read_stems(out / "long", fmt)
+    assert sorted(stems) == sorted(expected)
+    for name, stem in stems.items():
+        np.testing.assert_allclose(stem, expected[name].numpy(), atol=1e-5, rtol=0)
+    record = json.loads((out / "long" / "demux.json").read_text())
+    assert record["samples"] == data.shape[1] and record["channels"] == 2
+    chunks = [stage["chunks"] for stage in record["stages"]]
+    assert [c for batch in chunks for c in batch] == list(range(sum(map(len, chunks)))) and max(map(len, chunks)) == 2
+    with np.load(out / "long" / "masks.npz") as masks:  # the first chunk's, as documented
+        assert masks["masks"].shape[0] == 3 and masks["masks"].shape[1] == len(masks["freqs_hz"])
