@@ -30,5 +30,10 @@ test-all: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) -m benchmarks
 
+# README's before/after figures: synth -> separate -> evaluate --plot per recipe (docs/make_figures.py)
+.PHONY: figures
+figures: $(VENV)/.installed
+	$(PY) docs/make_figures.py
+
 clean:
 	rm -rf $(VENV) separated .pytest_cache

@@ -69,6 +69,10 @@ class EvaluationReport:
         estimate_folders: track -> the folder holding its estimate stems (where
             ``demux separate`` leaves ``demux.json``).
         notes: what was ignored or is undefined (extra stems, NaN scores...).
+        estimate_stems: track -> source -> file, every estimate stem found (the
+            ignored ones too), for figures (:func:`track_signals`).
+        reference_stems: track -> source -> reference file.
+        mixtures: track -> the mixture file scored, for tracks that had one.
     """
 
     rows: tuple[ScoreRow, ...]
@@ -80,6 +84,9 @@ class EvaluationReport:
     sample_rates: dict[str, float] = field(default_factory=dict)
     estimate_folders: dict[str, Path] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    estimate_stems: dict[str, dict[str, Path]] = field(default_factory=dict)
+    reference_stems: dict[str, dict[str, Path]] = field(default_factory=dict)
+    mixtures: dict[str, Path] = field(default_factory=dict)
 
     @property
     def tracks(self) -> list[str]:
@@ -337,6 +344,7 @@ def evaluate(
     rows: list[ScoreRow] = []
     rates: dict[str, float] = {}
     folders: dict[str, Path] = {}
+    scored_mixtures: dict[str, Path] = {}
     for ref, est in pairs:
         track_rows, rates[ref.name] = _evaluate_track(
             ref, est, engine=engine, mixture=mixtures[ref.name], rate=rate, strict=strict, combine=combine or {},
@@ -344,6 +352,8 @@ def evaluate(
         )
         rows.extend(track_rows)
         folders[ref.name] = next(iter(est.stems.values())).parent
+        if (mix := mixtures[ref.name] or ref.mixture) is not None:
+            scored_mixtures[ref.name] = mix
     without_mixture = sorted({row.track for row in rows if MIXTURE_METRICS[0] not in row.values})
     if without_mixture and len(without_mixture) < len(pairs):
         notes.append(f"no mixture for track(s) {', '.join(without_mixture)}: no improvement columns in this report")
@@ -357,4 +367,55 @@ def evaluate(
         sample_rates=rates,
         estimate_folders=folders,
         notes=tuple(notes),
+        estimate_stems={ref.name: dict(est.stems) for ref, est in pairs},
+        reference_stems={ref.name: dict(ref.stems) for ref, _ in pairs},
+        mixtures=scored_mixtures,
+    )
+
+
+@dataclass(frozen=True)
+class TrackSignals:
+    """One evaluated track's signals, as read (for figures).
+
+    Attributes:
+        track: track name.
+        sample_rate: Hz.
+        mixture: ``(C, T)`` float32 or complex64; ``None`` when no mixture was scored.
+        stems: estimate name -> ``(C, T)``, every stem of the track (unscored ones too).
+        references: reference name -> ``(C, T)``.
+    """
+
+    track: str
+    sample_rate: float
+    mixture: np.ndarray | None
+    stems: dict[str, np.ndarray]
+    references: dict[str, np.ndarray]
+
+
+def track_signals(report: EvaluationReport, track: str) -> TrackSignals:
+    """Read back the mixture, estimate stems and references that ``report`` scored for ``track``.
+
+    Complex (I/Q) stems stay complex here (the scores used their real and imaginary parts).
+
+    Raises:
+        ParameterError: ``report`` has no files recorded for ``track``.
+        InputError: a file changed or vanished since the evaluation.
+    """
+    from demux.io import read
+
+    if track not in report.estimate_stems:
+        raise ParameterError(f"no stems recorded for track {track!r}; tracks: {', '.join(report.estimate_stems)}")
+    rate = report.sample_rates.get(track)
+
+    def load(path: Path) -> np.ndarray:
+        # a rate is needed for .npy and must match the file's otherwise, so give it only there
+        return read(path, rate=rate if path.suffix.lower() == ".npy" else None).data
+
+    mixture = report.mixtures.get(track)
+    return TrackSignals(
+        track=track,
+        sample_rate=float(rate),
+        mixture=None if mixture is None else load(mixture),
+        stems={name: load(path) for name, path in report.estimate_stems[track].items()},
+        references={name: load(path) for name, path in report.reference_stems.get(track, {}).items()},
     )

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from demux.cli import app
 from demux.errors import InputError, ParameterError
-from demux.evaluate import evaluate
+from demux.evaluate import evaluate, track_signals
 
 RATE = 8000
 SOURCES = ("bass", "voice")
@@ -191,6 +191,8 @@ def test_cli_writes_reports_and_exits_2_on_a_missing_stem(tmp_path):
     assert result.exit_code == 0, result.output
     assert "song2" in result.output and "sdr_imp" in (tmp_path / "r.csv").read_text()
     assert (tmp_path / "r.md").stat().st_size > 0 and (tmp_path / "plots" / "sdr.png").is_file()
+    for track in ("song1", "song2"):  # --plot draws each track's mixture, stems and references
+        assert (tmp_path / "plots" / f"{track}.before_after.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     again = runner.invoke(app, args + ["--csv", str(tmp_path / "r.csv")])
     assert again.exit_code == 2 and "exists" in again.output
     (tmp_path / "est" / "song2" / "bass.wav").unlink()
@@ -222,3 +224,19 @@ def test_combine_scores_the_sum_of_several_estimate_stems(tmp_path):
         app, ["evaluate", "--reference", str(tmp_path / "refs"), "--estimate", str(tmp_path / "est"), "--combine", "voice"]
     )
     assert bad.exit_code == 2 and "expected REFERENCE=STEM+STEM" in bad.stderr
+
+
+def test_track_signals_reads_back_what_was_scored(tmp_path):
+    made = _make_tracks(tmp_path)
+    report = evaluate(tmp_path / "refs", tmp_path / "est")
+    refs, ests = made["song2"]
+    signals = track_signals(report, "song2")
+    assert signals.sample_rate == RATE
+    assert list(signals.stems) == ["bass", "residual", "voice"]  # the unscored residual too
+    for k, name in enumerate(SOURCES):
+        np.testing.assert_array_equal(signals.stems[name], ests[k])
+        np.testing.assert_array_equal(signals.references[name], refs[k])
+    np.testing.assert_allclose(signals.mixture, refs.sum(axis=0), atol=1e-7)
+    with pytest.raises(ParameterError, match="no stems recorded for track 'song3'"):
+        track_signals(report, "song3")
+
