@@ -4,8 +4,8 @@ The same command as ``demux bench`` (same options, same library, same output) ex
 ``--overwrite`` is on: ``benchmarks/results/`` holds regenerated tables under version
 control, so re-running the benchmark on the same day replaces that day's file and
 ``git diff`` shows what moved. ``demux bench`` itself refuses to replace a table unless
-asked, like every other demux command. Then ``benchmarks/bench_scale.py`` (real-time
-factor per recipe, peak memory against length, chunked vs whole-file SDR) writes
+asked, like every other demux command. Then ``benchmarks/bench_scale.py`` (peak
+memory against length, chunked vs whole-file SDR) writes
 ``<date>-scale.md`` (``--quick``: its quick variant; ``--no-scale`` skips it), and
 ``benchmarks/bench_speed.py`` (real-time factor of every recipe on its own scenario, against
 its transform alone; audio-stft's 100x goal) writes ``<date>-speed.md`` (``--no-speed`` skips it).

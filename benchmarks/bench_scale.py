@@ -1,12 +1,8 @@
-"""Scale: real-time factor per recipe, peak memory against signal length, chunked against whole-file SDR.
+"""Scale: peak memory against signal length, chunked against whole-file SDR.
 
-Three measurements, on ``THREADS`` torch threads (the target machine has 2 cores; memory: one):
+Two measurements, on ``THREADS`` torch threads (the target machine has 2 cores; memory: one).
+The real-time factor per recipe is ``bench_speed.py``'s.
 
-- **Real-time factor** of every built-in recipe on 10 s of noise plus three tones (at
-  3 %, 30 % and 70 % of Nyquist) at the recipe's own rate (``resample_to``, else its
-  first served rate, else 8 kHz): wall seconds per second of signal, median of 3 runs
-  (1 with ``quick``, where audio-stft also takes ``demux bench``'s quick overrides), and
-  its inverse, the speed relative to real time.
 - **Peak memory** of ``demux separate``'s item path (:func:`demux.batch.separate_item`: the
   file read, separated and its stems written chunk by chunk) on N minutes of 44.1 kHz
   stereo noise plus tones (a 16-bit WAV written beforehand, a minute at a time) with
@@ -25,16 +21,14 @@ Three measurements, on ``THREADS`` torch threads (the target machine has 2 cores
 ``make bench`` runs it after ``demux bench`` (``python -m benchmarks``); the table is
 written to ``benchmarks/results/<date>-scale.md`` (``<date>-scale-quick.md`` for ``quick``).
 
-    .venv/bin/python -m benchmarks.bench_scale [--quick] [--part rtf|memory|chunking ...]
+    .venv/bin/python -m benchmarks.bench_scale [--quick] [--part memory|chunking ...]
 """
 
 from __future__ import annotations
 
 import datetime
 import json
-import math
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -46,7 +40,6 @@ import torch
 THREADS = 2
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-RTF_SECONDS = 10.0
 MEMORY_RATE, MEMORY_CHANNELS, MEMORY_RECIPE = 44_100, 2, "tones-fft"
 #: One trust-region step per chunk: the memory of a fit does not grow with its steps, and an
 #: hour of signal at the recipe's 15 steps would take the benchmark most of an hour.
@@ -71,44 +64,6 @@ def noise_and_tones(seconds: float, rate: float, *, channels: int = 1, seed: int
 def natural_rate(recipe) -> float:
     """The rate a recipe fits at without resampling."""
     return float(recipe.resample_to or (recipe.sample_rates[0] if recipe.sample_rates else 8000.0))
-
-
-# --------------------------------------------------------------------------- real-time factor
-
-
-def real_time_factors(quick: bool) -> list[dict]:
-    """One row per built-in recipe: median seconds of compute per second of signal.
-
-    A recipe that cannot take this real signal (one for complex I/Q) gets a row with
-    the reason instead of numbers.
-    """
-    from demux.bench import QUICK_OVERRIDES
-    from demux.errors import DemuxError
-    from demux.pipeline import separate
-    from demux.recipe import builtin_names, load_recipe
-
-    repeats = 1 if quick else 3
-    rows = []
-    for name in builtin_names():
-        overrides = QUICK_OVERRIDES.get(name, ()) if quick else ()
-        recipe = load_recipe(name, list(overrides))
-        rate = natural_rate(recipe)
-        signal = noise_and_tones(RTF_SECONDS, rate)
-        row = {"bench": "scale", "part": "rtf", "recipe": name, "rate_hz": rate, "signal_s": RTF_SECONDS,
-               "repeats": repeats, "overrides": list(overrides), "rtf": math.nan, "x_real_time": math.nan, "note": ""}
-        times = []
-        try:
-            for _ in range(repeats):
-                start = time.perf_counter()
-                separate(signal, rate, recipe, segment=None)
-                times.append(time.perf_counter() - start)
-        except DemuxError as error:
-            row["note"] = f"not run: {error}"
-        else:
-            row["rtf"] = statistics.median(times) / RTF_SECONDS
-            row["x_real_time"] = 1 / row["rtf"]
-        rows.append(row)
-    return rows
 
 
 # --------------------------------------------------------------------------- peak memory
@@ -231,12 +186,12 @@ def chunking_sdr(quick: bool) -> list[dict]:
 # --------------------------------------------------------------------------- tables
 
 
-PARTS = ("rtf", "memory", "chunking")
+PARTS = ("memory", "chunking")
 
 
 def run(quick: bool, parts: tuple[str, ...] = PARTS) -> list[dict]:
     """The measurements of ``parts`` (default all) with :data:`THREADS` torch threads; rows tagged by ``part``."""
-    measure = {"rtf": real_time_factors, "memory": peak_memory, "chunking": chunking_sdr}
+    measure = {"memory": peak_memory, "chunking": chunking_sdr}
     threads = torch.get_num_threads()
     torch.set_num_threads(THREADS)
     try:
@@ -247,14 +202,9 @@ def run(quick: bool, parts: tuple[str, ...] = PARTS) -> list[dict]:
 
 def tables(rows: list[dict]) -> list[tuple[str, list[str], list[list[str]]]]:
     """``(title, header, rows)`` of each part, as printed and written."""
-    rtf = [r for r in rows if r["part"] == "rtf"]
     memory = [r for r in rows if r["part"] == "memory"]
     chunking = [r for r in rows if r["part"] == "chunking"]
     every = [
-        (f"Real-time factor ({THREADS} threads, {RTF_SECONDS:g} s of signal)",
-         ["recipe", "rate Hz", "runs", "RTF (s/s, median)", "x real time", "overrides / note"],
-         [[r["recipe"], f"{r['rate_hz']:g}", str(r["repeats"]), f"{r['rtf']:.3g}", f"{r['x_real_time']:.3g}",
-           " ".join([*r["overrides"], r["note"]]).strip() or "-"] for r in rtf]),
         ((f"Peak memory, {MEMORY_RECIPE} ({' '.join(MEMORY_OVERRIDES)}) on {MEMORY_RATE} Hz stereo files, "
           f"{SEGMENT:g} s segments, {BATCH_SIZE} a batch, {MEMORY_THREADS} thread (goal: ratio <= 1.5)"),
          ["minutes", "chunks", "peak RSS MiB", "before separating MiB", "signal as float32 MiB", "ratio to shortest",
