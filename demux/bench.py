@@ -82,7 +82,7 @@ QUICK_ITEMS, FULL_ITEMS = 2, 5
 #: ecg-wavelet's eight db4 levels need at least 6 s.
 #: radio is 1 MHz I/Q: 20 ms is 20 000 samples, about 80 STFT frames of radio-iq's 256 bins.
 QUICK_SECONDS = {"multitone": 2.0, "am": 2.0, "chirps": 2.0, "ecg-emg": 10.0, "speech-noise": 2.0, "music": 2.0,
-                 "radio": 0.02, "radar-mti": 1.0, "eeg": 10.0}
+                 "radio": 0.02, "radar-mti": 1.0, "radar-range": 1.0, "eeg": 10.0}
 #: Scenario sources that one stem of the scenario's recipe estimates together, so they are
 #: scored as one reference, their sum: scenario -> {reference: sources}. radio-iq has one
 #: ``secondary`` stem for every secondary user (it finds them by energy, not by modulation).
@@ -466,7 +466,7 @@ def baselines_for(scenario: Scenario, recipe: Recipe, *, seed: int,
     - ``mti-canceller``: radar recipes (slow time), 3 pulses;
     - ``delay-and-sum`` and ``mvdr``: array recipes on a linear array (``params["spacing_m"]``),
       one beam per reference, steered at the directions each finds in the mixture;
-    - ``fastica``: at least two channels and as many as references (``groups``).
+    - ``fastica``: real signals of at least two channels and as many as references (``groups``).
     """
     channels = scenario.mixture.shape[0]
     chosen: dict[str, Method] = {}
@@ -493,7 +493,9 @@ def baselines_for(scenario: Scenario, recipe: Recipe, *, seed: int,
     if recipe.domain == "array" and "spacing_m" in scenario.params:  # steered where they find the sources
         for name in ("delay-and-sum", "mvdr"):
             chosen[name] = _baseline(name, spacing_m=scenario.params["spacing_m"], n_sources=_talkers)
-    if 2 <= channels and len(groups) <= channels:
+    if scenario.is_complex and channels >= 2:
+        left_out.append("fastica: real signals only")
+    elif 2 <= channels and len(groups) <= channels:
         chosen["fastica"] = _baseline("fastica", n_sources=len(groups), seed=seed)
     elif channels >= 2:
         left_out.append(f"fastica: {channels} channels for {len(groups)} sources")

@@ -33,12 +33,12 @@ from demux.model import ModelInputs, SourceBlocks, VarianceModel
 from demux.priors.combine import apply_locks
 from demux.priors.harmonic import comb_log_odds, track_f0
 from demux.priors.learned import load_offsets
-from demux.priors.lines import find_lines, line_signal
+from demux.priors.lines import find_lines, line_signal, multipath_lines
 from demux.priors.noise import noise_log_variance
 from demux.priors.support import band_membership, direction_membership, level_membership, support_log_odds
 from demux.recipe import Recipe, check_against_signal, load_recipe
 from demux.recipe import Stage as StageSpec
-from demux.transforms import Transform, build_transform, power
+from demux.transforms import ComplexFFT, Transform, build_transform, power
 from demux.trust_region import minimize
 
 _LOCK_OTHERS = -30.0  # prior log-odds of the other sources inside a locked band
@@ -495,7 +495,8 @@ def stage_inputs(stage: StageSpec, coeffs: Tensor, transform: Transform, length:
     K = tuple(coeffs.shape[2:])
     grid = transform.grid(length)
     axes = [grid.freq_hz, grid.group, grid.frame] + ([grid.direction_deg] if grid.direction_deg is not None else [])
-    per_channel = any(t.dim() == len(K) + 1 and t.shape[0] > 1 for t in axes)
+    gates = _range_gates(stage, transform, C)
+    per_channel = gates or any(t.dim() == len(K) + 1 and t.shape[0] > 1 for t in axes)
     shape = (C if per_channel else 1, *K)
 
     def flat(t: Tensor) -> Tensor:
@@ -506,6 +507,9 @@ def stage_inputs(stage: StageSpec, coeffs: Tensor, transform: Transform, length:
     n_groups = grid.n_groups
     if stage.transform.mel_bands:
         group, n_groups = _mel_groups(stage, freq, transform.sample_rate, recipe_source)
+    if gates:  # each gate's levels are its own: clutter power falls with range
+        group = group + n_groups * torch.arange(C, device=group.device).repeat_interleave(group.numel() // C)
+        n_groups *= C
 
     p = power(coeffs).float()
     p = p.reshape(B, -1) if per_channel else p.sum(1).reshape(B, -1)
@@ -560,6 +564,8 @@ def stage_inputs(stage: StageSpec, coeffs: Tensor, transform: Transform, length:
             prior[:, s] += _harmonic_prior(src.harmonic, p, freq, K, per_channel, key, recipe_source)
         if src.lines:
             prior[:, s] += _line_prior(src, transform, coeffs, length, p, scale, per_channel)
+        if src.beats:
+            prior[:, s] += _beat_prior(src.beats, transform, coeffs, length, key, recipe_source)
         if src.lock:
             locks[s] = band_membership(freq, [(b.lo, b.hi, b.edge) for b in src.lock], resolution_hz=width) > 0.5
             support[s] = torch.maximum(support[s], locks[s].float())
@@ -607,6 +613,17 @@ def stage_inputs(stage: StageSpec, coeffs: Tensor, transform: Transform, length:
         learned=offsets,
     )
     return inputs, per_channel
+
+
+def _range_gates(stage: StageSpec, transform: Transform, channels: int) -> bool:
+    """Whether the ``channels`` of this stage are range gates, each its own mixture.
+
+    Slow-time Doppler spectra (a two-sided whole-signal FFT) of several channels with a
+    source that finds lines: a target's line is in its own gate(s) only and clutter power
+    falls with range, so lines, masks and level parameters are searched and fitted per
+    channel (a shared mask would give a target's Doppler bin in every gate to the targets).
+    """
+    return channels > 1 and isinstance(transform, ComplexFFT) and any(src.lines for src in stage.sources.values())
 
 
 def _component_member(src, transform: Transform, coeffs: Tensor, length: int, shape: tuple[int, ...], key: str,
@@ -721,12 +738,36 @@ def _line_prior(src, transform: Transform, coeffs: Tensor, length: int, p: Tenso
     spec = src.lines
     freqs, amplitudes = find_lines(x, sample_rate=rate, allowed=allowed, threshold_db=spec.threshold_db,
                                    max_lines=spec.max_lines)
+    if spec.paths != "all":
+        ghost = multipath_lines(freqs.reshape(B, C, -1), amplitudes.reshape(B, C, -1),
+                                resolution_hz=rate / length).reshape(B * C, -1)
+        amplitudes = amplitudes * (ghost if spec.paths == "multipath" else ~ghost)
     tones = line_signal(freqs, amplitudes, sample_rate=rate, length=length, real=not x.is_complex())
     line_power = power(transform(tones.to(x.dtype).reshape(B, C, length))).float()
     line_power = line_power.reshape(B, -1) if per_channel else line_power.sum(1).reshape(B, -1)
     zeros = torch.zeros(p.shape[1], dtype=torch.long, device=p.device)
     white = noise_log_variance(p, zeros, 1, estimate="mad", percentile=50.0, complex_coeffs=coeffs.is_complex())
     return torch.log(line_power / scale + torch.exp(white) * 10.0 ** (-spec.floor_db / 10.0))
+
+
+def _beat_prior(spec, transform: Transform, coeffs: Tensor, length: int, key: str, recipe_source: str) -> Tensor:
+    """``(B, Kf)`` per-beat log-odds on ``spec.levels``: beats found on the ``detect_hz`` levels' reconstruction."""
+    from demux.priors.beats import beat_log_odds, find_beats
+
+    if not _is_wavelet(transform):
+        raise RecipeError(recipe_source, f"{key}.beats", "a beat prior needs a 'dwt' transform")
+    grid = transform.grid(length)
+    group, n_groups = grid.group.reshape(-1).to(coeffs.device), grid.n_groups
+    level = torch.where(group == 0, torch.full_like(group, n_groups), n_groups - group)
+    lo, hi = spec.detect_hz
+    keep = ((grid.freq_hz >= lo) & (grid.freq_hz <= hi)).reshape(-1).to(coeffs.device)
+    if not keep.any():
+        raise RecipeError(recipe_source, f"{key}.beats.detect_hz", f"no wavelet level has its centre in {lo}-{hi} Hz")
+    rate = transform.sample_rate
+    beats = find_beats(transform.inverse(coeffs * keep, length), sample_rate=rate, refractory_s=spec.refractory_ms / 1e3)
+    return beat_log_odds(grid.time_s.reshape(-1).to(coeffs.device).double(), level, beats, sample_rate=rate,
+                         levels=spec.levels, qrs_s=spec.qrs_ms / 1e3, filter_len=transform.filter_len,
+                         weight=spec.weight).float()
 
 
 def _mel_groups(stage: StageSpec, freq: Tensor, sample_rate: float, recipe_source: str) -> tuple[Tensor, int]:

@@ -33,6 +33,7 @@ from demux.trust_region import TrustRegionConfig
 Domain = Literal["audio", "biomedical", "radio", "radar", "array", "generic"]
 Combiner = Literal["softmax", "sigmoid"]
 NoiseEstimate = Literal["mad", "minimum"]
+LinePaths = Literal["all", "direct", "multipath"]
 
 
 @dataclass(frozen=True)
@@ -148,12 +149,37 @@ class Lines:
     The source's log-variance is the found lines' power through the stage's transform
     (``floor_db`` below the white noise floor where no line reaches); its per-group
     level, a log-gain on that, is anchored at 0 with ``weight``. See :mod:`demux.priors.lines`.
+    ``paths`` keeps every line found, or, with range gates as channels, only the direct
+    returns or only the multipath ghosts (:func:`demux.priors.lines.multipath_lines`).
     """
 
     threshold_db: float = 13.0
     max_lines: int = 8
     weight: float = 4.0
     floor_db: float = 40.0
+    paths: LinePaths = "all"
+
+
+@dataclass(frozen=True)
+class Beats:
+    """A per-beat time prior for an ECG source on a 'dwt' transform (:mod:`demux.priors.beats`).
+
+    R peaks are found on the reconstruction from the levels whose centre frequency lies in
+    ``detect_hz``; on ``levels`` the source's log-odds are ``+weight`` within ``qrs_ms``
+    (plus half a coefficient's span) of a beat and ``-weight`` between beats.
+    """
+
+    qrs_ms: float = 20.0
+    weight: float = 8.0
+    levels: tuple[int, ...] = (1, 2, 3, 4)
+    refractory_ms: float = 250.0
+    detect_hz: tuple[float, ...] = (5.0, 45.0)
+
+    def __post_init__(self):
+        if self.qrs_ms <= 0 or self.refractory_ms <= 0 or self.weight < 0:
+            raise ValueError(f"qrs_ms={self.qrs_ms}: expected positive qrs_ms and refractory_ms, weight >= 0")
+        if len(self.detect_hz) != 2 or not 0 <= self.detect_hz[0] < self.detect_hz[1]:
+            raise ValueError(f"detect_hz={list(self.detect_hz)}: expected [lo, hi] in Hz with lo < hi")
 
 
 @dataclass(frozen=True)
@@ -180,6 +206,7 @@ class Source:
     outside: float = -8.0  # prior log-odds outside the support
     components: tuple[ComponentRule, ...] = ()  # ica-stft: components it may take (every rule must hold)
     rest: bool = False  # its support is what the other sources' supports leave (times its own bands)
+    beats: Beats | None = None  # 'dwt': per-beat time prior (ECG: R peaks found in the mixture)
 
 
 @dataclass(frozen=True)

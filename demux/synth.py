@@ -398,6 +398,16 @@ def radio(rng: np.random.Generator, *, seconds: float = 0.05, snr_db: float | No
 # radar: slow time
 
 
+def _target_dopplers(rng: np.random.Generator, n_targets: int, prf: float) -> tuple[list[float], list[float]]:
+    """Doppler shifts (Hz; 10-45 % of the PRF in magnitude, at least 5 % of it apart) and phases (rad) of targets."""
+    dopplers: list[float] = []
+    while len(dopplers) < n_targets:
+        f = float(rng.choice([-1, 1]) * rng.uniform(0.1, 0.45) * prf)
+        if all(abs(f - g) >= 0.05 * prf for g in dopplers):
+            dopplers.append(f)
+    return dopplers, [float(p) for p in rng.uniform(0, 2 * np.pi, n_targets)]
+
+
 def radar_mti(rng: np.random.Generator, *, seconds: float = 1.0, snr_db: float | None = 10.0,
               sample_rate: float | None = None) -> Scenario:
     """Slow-time samples of one range gate at a PRF of 2 kHz (complex, the rate is the PRF).
@@ -425,12 +435,7 @@ def radar_mti(rng: np.random.Generator, *, seconds: float = 1.0, snr_db: float |
     clutter *= math.sqrt(10 ** (ctr_db / 10) / _power(clutter))
 
     n_targets = int(rng.integers(1, 3))
-    dopplers: list[float] = []
-    while len(dopplers) < n_targets:
-        f = float(rng.choice([-1, 1]) * rng.uniform(0.1, 0.45) * prf)
-        if all(abs(f - g) >= 0.05 * prf for g in dopplers):
-            dopplers.append(f)
-    phases = [float(p) for p in rng.uniform(0, 2 * np.pi, n_targets)]
+    dopplers, phases = _target_dopplers(rng, n_targets, prf)
     targets = sum(np.exp(1j * (2 * np.pi * f * t + p)) for f, p in zip(dopplers, phases))
     wavelength = 299_792_458.0 / RADAR_CARRIER_HZ
     params = {
@@ -446,6 +451,74 @@ def radar_mti(rng: np.random.Generator, *, seconds: float = 1.0, snr_db: float |
     one_target = np.exp(1j * 2 * np.pi * dopplers[0] * t)
     sources = _add_white_noise(rng, sources, snr_db, reference=one_target)
     return _assemble(sources, prf, params, "radar-doppler", snr_db=snr_db)
+
+
+def radar_range(rng: np.random.Generator, *, seconds: float = 1.0, snr_db: float | None = 10.0,
+                sample_rate: float | None = None, gates: int = 8) -> Scenario:
+    """Slow-time samples of ``gates`` range gates at a PRF of 2 kHz: channels are range gates.
+
+    - ``clutter``: in every gate, an independent stationary zero-mean-Doppler complex
+      Gaussian with one Gaussian Doppler spectrum of std ``clutter_spread_hz`` in [2, 10] Hz;
+      30-40 dB above a target in gate 0, falling as range^-3 (beam-limited clutter with
+      ranges ``(gate + 2)`` gate widths), so about 20 dB less in gate 7.
+    - ``targets``: 1-3 Swerling 0 targets of unit amplitude, each in its own gate of
+      ``0 .. gates - 2``, at Doppler shifts of 10-45 % of the PRF in magnitude, at least 5 %
+      of the PRF apart.
+    - ``multipath``: one ghost of a target (a return by a longer, reflected path): in a
+      target-free gate 1-3 gates beyond it, the same Doppler, 6-12 dB weaker, another phase.
+
+    ``params["targets"]`` lists ``gate``, ``doppler_hz``, ``velocity_mps`` (10 GHz carrier),
+    ``amplitude`` and ``phase``; ``params["multipath"]`` the ghost's ``gate``, ``of_target``
+    (an index into targets), ``doppler_hz``, ``attenuation_db`` and ``phase``;
+    ``params["clutter_to_target_db"]`` the clutter power per gate over one target's;
+    ``params["bands"]["clutter"] = [-3 sigma, 3 sigma]``. ``snr_db`` is the per-pulse SNR of
+    one target, as in :func:`radar_mti` (default 10 dB). Sources are ``(gates, pulses)``.
+    """
+    if isinstance(gates, bool) or not isinstance(gates, int) or gates < 4:
+        raise ParameterError(f"{gates=} is not an integer >= 4 (targets, a ghost beyond them, and clutter-only gates)")
+    prf = _rate(sample_rate, 2000.0)
+    n = _length(seconds, prf)
+    t = np.arange(n) / prf
+    spread = float(rng.uniform(2.0, 10.0))
+    freqs = np.fft.fftfreq(n, 1 / prf)
+    white = rng.standard_normal((gates, n)) + 1j * rng.standard_normal((gates, n))
+    clutter = np.fft.ifft(np.fft.fft(white, axis=-1) * np.exp(-(freqs**2) / (4 * spread**2)), axis=-1)
+    ctr0 = float(rng.uniform(30.0, 40.0))
+    ctr = ctr0 - 30.0 * np.log10((np.arange(gates) + 2) / 2)
+    clutter *= np.sqrt(10 ** (ctr / 10) / np.mean(np.abs(clutter) ** 2, axis=-1))[:, None]
+
+    n_targets = int(rng.integers(1, 4))
+    target_gates = sorted(int(g) for g in rng.choice(gates - 1, size=n_targets, replace=False))
+    dopplers, phases = _target_dopplers(rng, n_targets, prf)
+    targets = np.zeros((gates, n), dtype=np.complex128)
+    for g, f, p in zip(target_gates, dopplers, phases):
+        targets[g] += np.exp(1j * (2 * np.pi * f * t + p))
+
+    # the farthest target always has a free gate beyond it (targets stop at gates - 2)
+    beyond = {i: [h for h in range(g + 1, min(g + 4, gates)) if h not in target_gates] for i, g in enumerate(target_gates)}
+    source = int(rng.choice([i for i, free in beyond.items() if free]))
+    ghost_gate = int(rng.choice(beyond[source]))
+    attenuation = float(rng.uniform(6.0, 12.0))
+    ghost_phase = float(rng.uniform(0, 2 * np.pi))
+    multipath = np.zeros((gates, n), dtype=np.complex128)
+    multipath[ghost_gate] = 10 ** (-attenuation / 20) * np.exp(1j * (2 * np.pi * dopplers[source] * t + ghost_phase))
+
+    wavelength = 299_792_458.0 / RADAR_CARRIER_HZ
+    params = {
+        "prf_hz": prf,
+        "gates": gates,
+        "clutter_spread_hz": spread,
+        "clutter_to_target_db": [float(c) for c in ctr],
+        "carrier_hz": RADAR_CARRIER_HZ,
+        "targets": [{"gate": g, "doppler_hz": f, "velocity_mps": f * wavelength / 2, "amplitude": 1.0, "phase": p}
+                    for g, f, p in zip(target_gates, dopplers, phases)],
+        "multipath": {"gate": ghost_gate, "of_target": source, "doppler_hz": dopplers[source],
+                      "attenuation_db": attenuation, "phase": ghost_phase},
+        "bands": {"clutter": [-3 * spread, 3 * spread]},
+    }
+    sources = {"clutter": clutter, "targets": targets, "multipath": multipath}
+    sources = _add_white_noise(rng, sources, snr_db, reference=np.exp(1j * 2 * np.pi * dopplers[0] * t))
+    return _assemble(sources, prf, params, "radar-range-doppler", snr_db=snr_db)
 
 
 # ---------------------------------------------------------------------------------------
@@ -703,6 +776,7 @@ SCENARIOS: dict[str, Callable[..., Scenario]] = {
     "radio": radio,
     "ecg-emg": ecg_emg,
     "radar-mti": radar_mti,
+    "radar-range": radar_range,
     "array": array,
     "speech-noise": speech_noise,
     "music": music,

@@ -85,6 +85,7 @@ CASES: dict[str, Case] = {
     "radio-fft": Case("radio", overrides=PRIMARY_REAL, groups=SECONDARY, real=True, seed=5, seconds=0.02),
     "radio-iq": Case("radio", groups=SECONDARY, seconds=0.02),
     "radar-doppler": Case("radar-mti"),
+    "radar-range-doppler": Case("radar-range"),
     "ecg-wavelet": Case("ecg-emg"),
     "audio-stft": Case(None),
     "speech-enhance": Case("speech-noise"),

@@ -241,8 +241,12 @@ def ecg_table(*, snrs=(0.0, 6.0), items: int = 5, seconds: float = 20.0, overrid
 
 #: Variants of ecg-wavelet measured against the shipped recipe (``--set`` overrides).
 ECG_VARIANTS = {
-    "shipped (db4, ecg levels 2-8)": (),
-    "ecg levels 3-8 (the previous recipe)": ("split.sources.ecg.levels=[3,4,5,6,7,8]",),
+    "shipped (db4, ecg levels 2-8, beat prior)": (),
+    "no beat prior (the previous recipe)": ("split.sources.ecg.beats=null",),
+    "beat prior weight 4": ("split.sources.ecg.beats.weight=4.0",),
+    "beat prior qrs_ms 60": ("split.sources.ecg.beats.qrs_ms=60",),
+    "beat prior on levels 2-4 only": ("split.sources.ecg.beats.levels=[2,3,4]",),
+    "ecg levels 3-8": ("split.sources.ecg.levels=[3,4,5,6,7,8]",),
     "bior4.4": ("split.transform.wavelet=bior4.4",),
     "emg with per-frame gains": ("split.sources.emg.stationary=false",),
     "emg noise-floor weight 1": ("split.sources.emg.noise_floor.weight=1.0",),

@@ -27,6 +27,7 @@ SHAPES = {
     "radio": (0.01, 1e6, 1, True),
     "ecg-emg": (4.0, 360.0, 1, False),
     "radar-mti": (0.5, 2000.0, 1, True),
+    "radar-range": (0.5, 2000.0, 8, True),
     "array": (0.5, 16000.0, 4, False),
     "speech-noise": (1.0, 16000.0, 1, False),
     "music": (0.5, 44100.0, 2, False),

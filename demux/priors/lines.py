@@ -166,3 +166,37 @@ def _refine(spectrum: Tensor, peak: Tensor, *, sample_rate: float) -> Tensor:
     index = peak.to(spectrum.dtype) + delta
     index = torch.where(index >= M / 2, index - M, index)  # fftfreq order: the upper half is negative
     return index * sample_rate / M
+
+
+def multipath_lines(freqs_hz: Tensor, amplitudes: Tensor, *, resolution_hz: float, margin_db: float = 3.0) -> Tensor:
+    """Which lines of a range-gated search are multipath ghosts.
+
+    A ghost is a return by a longer, reflected path: the same Doppler as a direct return,
+    later (a further range gate) and weaker. So a line in gate ``g`` is taken for a ghost
+    when a nearer gate (index ``< g``) holds a line within ``resolution_hz`` of its Doppler
+    and at least ``margin_db`` stronger. (Two real targets of one Doppler, the further one
+    weaker, read the same: the rule cannot tell them apart.)
+
+    Args:
+        freqs_hz: ``(batch, gates, L)`` line frequencies, Hz (:func:`find_lines` per gate).
+        amplitudes: ``(batch, gates, L)`` complex amplitudes; 0 where no line was found.
+        resolution_hz: Doppler tolerance, Hz (one Rayleigh bin, ``sample_rate / pulses``).
+        margin_db: how much stronger, dB, the nearer line must be.
+
+    Returns:
+        ``(batch, gates, L)`` bool: the found lines that are ghosts.
+
+    Raises:
+        ParameterError: ``resolution_hz`` not positive or ``margin_db`` negative.
+    """
+    if not resolution_hz > 0 or not margin_db >= 0:
+        raise ParameterError(f"{resolution_hz=} must be > 0 Hz and {margin_db=} >= 0 dB")
+    G = freqs_hz.shape[1]
+    power = amplitudes.abs().square()
+    found = power > 0
+    # pairs (gate g, line l) x (gate h, line m): (B, G, L, G, L)
+    same = (freqs_hz[:, :, :, None, None] - freqs_hz[:, None, None, :, :]).abs() <= resolution_hz
+    stronger = power[:, None, None, :, :] >= power[:, :, :, None, None] * 10.0 ** (margin_db / 10.0)
+    gate = torch.arange(G, device=freqs_hz.device)
+    nearer = (gate[None, :] < gate[:, None])[None, :, None, :, None]  # h < g
+    return found & (same & stronger & nearer & found[:, None, None, :, :]).flatten(3).any(-1)

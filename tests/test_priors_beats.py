@@ -1,0 +1,104 @@
+"""The per-beat ECG time prior: R peaks from a coarse DWT stem, beat windows on each level's time axis."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from demux.errors import RecipeError
+from demux.pipeline import separate
+from demux.priors.beats import beat_log_odds, beat_membership, find_beats
+from demux.recipe import load_recipe
+from demux.synth import make
+from demux.transforms import build_transform
+
+RATE = 360.0
+BEAT_SYMBOLS = frozenset("NLRBAaJSVrFejnE/fQ?")  # MIT-BIH beat labels (others are rhythm/noise notes)
+
+
+def dwt(length: int):
+    transform = build_transform("dwt", RATE, wavelet="db4", level=8, mode="periodization")
+    grid = transform.grid(length)
+    group = grid.group.reshape(-1)
+    level = torch.where(group == 0, torch.full_like(group, grid.n_groups), grid.n_groups - group)
+    return transform, grid, level
+
+
+def coarse_stem(x: torch.Tensor) -> torch.Tensor:
+    """``x`` reconstructed from the levels centred in 5-45 Hz (what the recipe's detector sees)."""
+    transform, grid, _ = dwt(x.shape[-1])
+    keep = ((grid.freq_hz >= 5) & (grid.freq_hz <= 45)).reshape(-1)
+    return transform.inverse(transform(x) * keep, x.shape[-1])
+
+
+@pytest.mark.parametrize("noise", [False, True], ids=["clean", "with-ma-at-0dB"])
+def test_r_peaks_on_mitbih_100_match_the_annotations(shared_data, noise):
+    import wfdb
+
+    folder = shared_data / "ecg"
+    if not (folder / "100.atr").exists():
+        pytest.skip(f"{folder / '100.atr'} not present")
+    n = int(60 * RATE)
+    ecg = wfdb.rdrecord(str(folder / "100"), sampto=n, channels=[0]).p_signal[:, 0]
+    x = ecg - ecg.mean()
+    if noise:  # real NSTDB muscle noise at 0 dB input SNR
+        ma = wfdb.rdrecord(str(folder / "ma"), sampfrom=20000, sampto=20000 + n, channels=[0]).p_signal[:, 0]
+        ma = ma - ma.mean()
+        x = x + ma * np.sqrt(np.mean(x**2) / np.mean(ma**2))
+    ann = wfdb.rdann(str(folder / "100"), "atr", sampto=n)
+    beats = np.array([s for s, sym in zip(ann.sample, ann.symbol) if sym in BEAT_SYMBOLS]) / RATE
+    found = find_beats(coarse_stem(torch.tensor(x, dtype=torch.float32)[None, None]), sample_rate=RATE)[0]
+    hit = np.array([np.min(np.abs(found - b)) <= 0.020 for b in beats])
+    assert beats.size > 60
+    assert hit.mean() > 0.95
+    assert found.size <= 1.05 * beats.size  # few false detections
+
+
+def test_beat_membership_is_one_at_a_beat_and_zero_between_beats():
+    _, grid, level = dwt(3600)
+    times = grid.time_s.reshape(-1).double()
+    beats = np.array([2.0, 3.0, 4.0])
+    member = beat_membership(times, beats, half_width_s=0.06)
+    for j in (2, 3, 4):
+        t, m = times[level == j], member[level == j]
+        at_beat = m[(t - 3.0).abs().argmin()]
+        midway = m[(t - 3.5).abs().argmin()]
+        assert at_beat == 1.0, j
+        assert midway < 1e-6, j
+    assert torch.all((member >= 0) & (member <= 1))
+    assert beat_membership(times, np.array([]), half_width_s=0.06).abs().max() == 0
+
+
+def test_beat_log_odds_act_only_on_their_levels_and_widen_with_scale():
+    _, grid, level = dwt(3600)
+    times = grid.time_s.reshape(-1).double()
+    odds = beat_log_odds(times, level, [np.array([5.0])], sample_rate=RATE, levels=(1, 2), qrs_s=0.02,
+                         filter_len=8, weight=3.0)[0]
+    assert odds.shape == times.shape
+    assert torch.all(odds[(level != 1) & (level != 2)] == 0)
+    assert odds.max() == 3.0 and odds.min() == -3.0
+    # the flat top is qrs + half a coefficient's span: wider at level 2 than at level 1
+    top = [times[(level == j) & (odds == 3.0)] for j in (1, 2)]
+    assert top[1].max() - top[1].min() > top[0].max() - top[0].min()
+
+
+def test_bad_beat_settings_are_recipe_errors():
+    with pytest.raises(RecipeError, match="detect_hz"):
+        load_recipe("ecg-wavelet", ["split.sources.ecg.beats={detect_hz: [45, 5]}"])
+    recipe = load_recipe("speech-enhance", ["split.sources.speech.beats={weight: 2.0}"])
+    with pytest.raises(RecipeError, match="beats"):
+        separate(torch.zeros(1, 16000), 16000, recipe)
+
+
+def test_ecg_wavelet_with_beats_beats_the_recipe_without_them(shared_data):
+    # 10 s of MIT-BIH 100 + NSTDB ma + bw at 0 dB (the ecg-emg scenario, seed 1). Measured
+    # ecg stem output SNR 7.42 dB as shipped; 6.80 dB without the beat prior
+    # (split.sources.ecg.beats=null), the recipe before it.
+    scenario = make("ecg-emg", np.random.default_rng(1), seconds=10.0, snr_db=0.0)
+    mixture = torch.from_numpy(scenario.mixture)
+    clean = torch.from_numpy(scenario.sources["ecg"]).double()
+    stems = separate(mixture, scenario.sample_rate, "ecg-wavelet", seed=0).stems
+    error = stems["ecg"].double() - clean
+    assert 10 * torch.log10(clean.square().sum() / error.square().sum()) >= 7.2
+    assert torch.allclose(sum(stems.values()), mixture, atol=1e-4)
