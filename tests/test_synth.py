@@ -17,7 +17,7 @@ from demux.cli import app
 from demux.errors import InputError, OutputExistsError, ParameterError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-REAL = {"ecg-emg": "ecg", "speech-noise": "speech", "music": "music"}
+REAL = {"ecg-emg": "ecg", "speech-noise": "speech", "music": "music", "eeg": "eeg"}
 
 # Short items keep the suite fast; (seconds, expected rate, channels, complex).
 SHAPES = {
