@@ -17,11 +17,22 @@ The real-time factor per recipe is ``bench_speed.py``'s.
 - **Chunked vs whole-file SDR** on the ``multitone`` scenario (stationary tones, 60 s, 30 s
   with ``quick``) for each of :data:`CHUNKING_RECIPES`: BSS-Eval SDR over its sources (median,
   and the largest change of one source), whole file against the default chunking.
+- **Files per second** of a folder batch (:func:`demux.batch.run`, ``jobs=1``, the CLI's
+  defaults otherwise) on :data:`BATCH_FILES` files of :data:`BATCH_SECONDS` s of noise plus
+  tones at 8 kHz (``tones-fft``, one chunk each), ``--batch-size`` 1 against
+  :data:`BATCH_SIZE_ACROSS` (the files' chunks fitted together, :func:`demux.batch._groups`),
+  on :data:`BATCH_THREADS` torch thread: the median over ``repeats`` runs (5, 3 with
+  ``quick``) into fresh output folders; ``x batch 1`` is the ratio of files per second;
+  ``repeats bit-identical`` whether every repeat gave the first one's stems.
+  ``closest to batch 1 dB`` is how far the batched stems are from batch size 1's: the smallest
+  ``10 log10(|s1|^2 / |sN - s1|^2)`` over files and stems (dropout draws depend on a
+  file's place in its batch). With ``torch.cuda.is_available()`` the same runs on
+  ``--device cuda``; otherwise the table says the GPU was not measured.
 
 ``make bench`` runs it after ``demux bench`` (``python -m benchmarks``); the table is
 written to ``benchmarks/results/<date>-scale.md`` (``<date>-scale-quick.md`` for ``quick``).
 
-    .venv/bin/python -m benchmarks.bench_scale [--quick] [--part memory|chunking ...]
+    .venv/bin/python -m benchmarks.bench_scale [--quick] [--part memory|chunking|batching ...]
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -183,15 +195,96 @@ def chunking_sdr(quick: bool) -> list[dict]:
     return rows
 
 
+# --------------------------------------------------------------------------- files per second
+
+
+BATCH_FILES, BATCH_SECONDS, BATCH_RATE, BATCH_RECIPE = 8, 2.0, 8000, "tones-fft"
+BATCH_SIZE_ACROSS = 8
+BATCH_THREADS = 1
+
+
+def _folder_run(inputs: Path, out: Path, *, batch_size: int, device: str) -> tuple[float, dict]:
+    """Seconds of one :func:`demux.batch.run` over the folder ``inputs`` into ``out``, and the stems by track."""
+    import soundfile as sf
+
+    from demux.batch import Options, plan
+    from demux.batch import run as run_batch
+    from demux.recipe import load_recipe
+
+    recipe = load_recipe(BATCH_RECIPE)
+    items, batch = plan([inputs], recipe, out)
+    start = time.perf_counter()
+    results = run_batch(items, recipe, Options(out=out, batch_size=batch_size, device=device), batch=batch)
+    seconds = time.perf_counter() - start
+    failed = [r.message for r in results if r.status != "done"]
+    if failed:
+        raise RuntimeError(f"batch run failed: {failed}")
+    stems = {item.track: {p.stem: sf.read(p, dtype="float32")[0] for p in item.out_dir.glob("*.wav")} for item in items}
+    return seconds, stems
+
+
+def _closest_db(reference: dict, other: dict) -> float:
+    """The smallest ``10 log10(|ref|^2 / |other - ref|^2)`` over tracks and stems (inf: bit-identical)."""
+    worst = float("inf")
+    for track, stems in reference.items():
+        for name, ref in stems.items():
+            error = float(np.sum((other[track][name] - ref) ** 2))
+            if error > 0:
+                worst = min(worst, float(10 * np.log10(np.sum(ref**2) / error)))
+    return worst
+
+
+def files_per_second(quick: bool) -> list[dict]:
+    """One row per device and batch size: files per second of a folder batch (median of the repeats)."""
+    import tempfile
+
+    import soundfile as sf
+
+    repeats = 3 if quick else 5
+    devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(BATCH_THREADS)
+    rows = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="demux-batching-") as folder:
+            inputs = Path(folder) / "in"
+            inputs.mkdir()
+            for i in range(BATCH_FILES):
+                sf.write(inputs / f"f{i}.wav", noise_and_tones(BATCH_SECONDS, BATCH_RATE, seed=i)[0], BATCH_RATE,
+                         subtype="FLOAT")
+            _folder_run(inputs, Path(folder) / "warm-up", batch_size=1, device="cpu")  # imports, first-call costs
+            for device in devices:
+                stems = {}
+                for batch_size in (1, BATCH_SIZE_ACROSS):
+                    times, runs = [], []
+                    for k in range(repeats):
+                        out = Path(folder) / f"{device}-{batch_size}-{k}"
+                        seconds, run_stems = _folder_run(inputs, out, batch_size=batch_size, device=device)
+                        times.append(seconds)
+                        runs.append(run_stems)
+                    stems[batch_size] = runs[0]
+                    median = statistics.median(times)
+                    rows.append({"bench": "scale", "part": "batching", "recipe": BATCH_RECIPE, "device": device,
+                                 "files": BATCH_FILES, "file_s": BATCH_SECONDS, "rate_hz": BATCH_RATE,
+                                 "batch_size": batch_size, "threads": BATCH_THREADS, "repeats": repeats,
+                                 "seconds": median, "files_per_s": BATCH_FILES / median,
+                                 "ratio": rows[-1]["seconds"] / median if batch_size != 1 else 1.0,
+                                 "repeatable": all(_closest_db(runs[0], r) == float("inf") for r in runs[1:]),
+                                 "closest_db": _closest_db(stems[1], stems[batch_size]) if batch_size != 1 else None})
+    finally:
+        torch.set_num_threads(threads)
+    return rows
+
+
 # --------------------------------------------------------------------------- tables
 
 
-PARTS = ("memory", "chunking")
+PARTS = ("memory", "chunking", "batching")
 
 
 def run(quick: bool, parts: tuple[str, ...] = PARTS) -> list[dict]:
     """The measurements of ``parts`` (default all) with :data:`THREADS` torch threads; rows tagged by ``part``."""
-    measure = {"memory": peak_memory, "chunking": chunking_sdr}
+    measure = {"memory": peak_memory, "chunking": chunking_sdr, "batching": files_per_second}
     threads = torch.get_num_threads()
     torch.set_num_threads(THREADS)
     try:
@@ -204,6 +297,9 @@ def tables(rows: list[dict]) -> list[tuple[str, list[str], list[list[str]]]]:
     """``(title, header, rows)`` of each part, as printed and written."""
     memory = [r for r in rows if r["part"] == "memory"]
     chunking = [r for r in rows if r["part"] == "chunking"]
+    batching = [r for r in rows if r["part"] == "batching"]
+    if batching and not any(r["device"] == "cuda" for r in batching):
+        batching = [*batching, {"device": "cuda", "note": "GPU: not measured (no CUDA device here)"}]
     every = [
         ((f"Peak memory, {MEMORY_RECIPE} ({' '.join(MEMORY_OVERRIDES)}) on {MEMORY_RATE} Hz stereo files, "
           f"{SEGMENT:g} s segments, {BATCH_SIZE} a batch, {MEMORY_THREADS} thread (goal: ratio <= 1.5)"),
@@ -217,6 +313,16 @@ def tables(rows: list[dict]) -> list[tuple[str, list[str], list[list[str]]]]:
          [[r["recipe"], r["mode"], f"{r['signal_s']:g}", f"{r['sdr_db']:.2f}", f"{r['diff_db']:+.2f}",
            f"{r['worst_db']:.2f}", f"{r['seconds']:.1f}"]
           for r in chunking]),
+        ((f"Files per second, a folder of {BATCH_FILES} x {BATCH_SECONDS:g} s files at {BATCH_RATE} Hz, "
+          f"{BATCH_RECIPE}, --jobs 1, {BATCH_THREADS} thread, median of the repeats"),
+         ["device", "batch size", "seconds", "files/s", "x batch 1", "repeats bit-identical",
+          "closest to batch 1 dB"],
+         [[r["device"], "-", "-", "-", "-", "-", r["note"]] if "note" in r else
+          [r["device"], str(r["batch_size"]), f"{r['seconds']:.2f}", f"{r['files_per_s']:.2f}", f"{r['ratio']:.2f}",
+           "yes" if r["repeatable"] else "no",
+           "-" if r["closest_db"] is None else "bit-identical" if r["closest_db"] == float("inf")
+           else f"{r['closest_db']:.1f}"]
+          for r in batching]),
     ]
     return [table for table in every if table[2]]  # parts not run are left out
 
@@ -237,7 +343,7 @@ def markdown(rows: list[dict], *, quick: bool) -> str:
              f"Command: `python -m benchmarks.bench_scale{' --quick' if quick else ''}{_part_options(rows)}`", "",
              "Machine: " + "; ".join(f"{k}: {v}" for k, v in machine().items()), "",
              "How each number is measured: `benchmarks/bench_scale.py` (module docstring). Goals: peak memory "
-             "long/short <= 1.5; chunked - whole-file SDR within 0.1 dB."]
+             "long/short <= 1.5; chunked - whole-file SDR within 0.1 dB; batched files per second above batch 1's."]
     for title, header, body in tables(rows):
         parts += ["", f"## {title}", "", line(header), "|" + "|".join("---" for _ in header) + "|", *map(line, body)]
     return "\n".join(parts) + "\n"

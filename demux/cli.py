@@ -80,7 +80,10 @@ def separate(
         "(memory stays flat however long the file); 0: the whole file at once."
     ),
     overlap: float = typer.Option(0.1, "--overlap", help="The chunks' overlap, a fraction of --segment (0 to 0.5)."),
-    batch_size: int = typer.Option(1, "--batch-size", help="Chunks of one input fitted together as one batch (more pays off on a GPU)."),
+    batch_size: int = typer.Option(
+        1, "--batch-size", help="Chunks fitted together as one batch: of one input, or in a batch with --jobs 1, "
+        "of up to this many inputs of one length (more pays off on a GPU; demux.json says batched_with)."
+    ),
     online: bool = typer.Option(False, "--online", help="Slide warm-started fits over windows (needs --window, --hop)."),
     window: float = typer.Option(None, "--window", help="Online window, seconds."),
     hop: float = typer.Option(None, "--hop", help="Online hop between windows, seconds."),

@@ -12,7 +12,8 @@ with ``b(k)`` the coefficient's group (frequency bin, mel band, wavelet level),
 neighbourhood mean power. Which blocks a source fits is the recipe's choice
 (``stationary``, ``detail``, ``energy``). The
 mixture-only objective is the Itakura-Saito divergence between the observed power
-and ``V = sum_s exp(z_s)`` plus the priors' penalties (smoothness, noise anchor).
+and ``V = sum_s exp(z_s)`` (optionally weighted per coefficient, ``ModelInputs.weight``)
+plus the priors' penalties (smoothness, noise anchor).
 
 Coefficients are handled flat: ``Kf`` is the number of coefficients of one item
 (``prod(K)``, times channels for transforms over channels), so the same code
@@ -68,6 +69,8 @@ class ModelInputs:
         grid_shape: shape that ``Kf`` unflattens to (for smoothness along axes).
         anchor: ``(B, S, G)`` log-variance anchors (used where ``anchor_weight > 0``).
         learned: ``(S, G)`` learned offsets added to ``level`` (zeros when none).
+        weight: ``(Kf,)`` weight ``w_k >= 0`` of each coefficient's divergence in the
+            likelihood, mean 1 (:func:`demux.weighting.perceptual_weights`); ``None``: 1.
     """
 
     power: Tensor
@@ -83,6 +86,7 @@ class ModelInputs:
     grid_shape: tuple[int, ...]
     anchor: Tensor
     learned: Tensor
+    weight: Tensor | None = None
 
 
 class VarianceModel:
@@ -109,8 +113,9 @@ class VarianceModel:
             "alpha": (len(self.energy_sources), G),
             "detail": (len(self.detail_sources), Kf),
         }
-        # a coefficient counts in the likelihood as far as some source may take it
-        self._coverage = inputs.support.sum(0).clamp(max=1.0)
+        # a coefficient counts in the likelihood as far as some source may take it, times its weight
+        coverage = inputs.support.sum(0).clamp(max=1.0)
+        self._coverage = coverage if inputs.weight is None else coverage * inputs.weight
         self._spread = _Spread(inputs.group, inputs.frame, inputs.grid_shape, inputs.n_groups, inputs.n_frames)
         self._direct, self._centre = self._direct_terms()
 
@@ -204,7 +209,8 @@ class VarianceModel:
         return softmax_masks(z)
 
     def objective(self, theta: Tensor, dropout: Dropout | None = None) -> Tensor:
-        """Per-item loss ``(B,)``: mean IS divergence (coefficients dropped at ``dropout.rate``) + penalties."""
+        """Per-item loss ``(B,)``: mean weighted IS divergence (coefficients dropped at
+        ``dropout.rate``, each weighted by ``inputs.weight``) + penalties."""
         x = self.inputs
         fitted = self.fitted_part(theta)
         log_v = torch.logsumexp(x.prior + x.support * fitted, dim=1)  # (B, Kf)
@@ -213,8 +219,9 @@ class VarianceModel:
         return divergence.mean(dim=1) + self.penalty(theta, fitted)
 
     def _weights(self, dropout: Dropout | None, *, like: Tensor) -> Tensor:
-        """``(B, Kf)`` (or ``(Kf,)``) weight of each coefficient's divergence: its coverage,
-        times the dropout keep-mask over the keep rate (the draw of ``dropout.seed``)."""
+        """``(B, Kf)`` (or ``(Kf,)``) weight of each coefficient's divergence: its coverage
+        times ``inputs.weight``, times the dropout keep-mask over the keep rate (the draw
+        of ``dropout.seed``)."""
         if dropout is None:
             return self._coverage
         generator = torch.Generator(device="cpu").manual_seed(int(dropout.seed))

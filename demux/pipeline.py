@@ -19,6 +19,7 @@ the final stems sum to the mixture up to the transforms' round-trip error.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -39,7 +40,8 @@ from demux.priors.support import band_membership, direction_membership, level_me
 from demux.recipe import Recipe, check_against_signal, load_recipe
 from demux.recipe import Stage as StageSpec
 from demux.transforms import ComplexFFT, Transform, build_transform, power
-from demux.trust_region import minimize
+from demux.trust_region import edge_weight, minimize
+from demux.weighting import perceptual_weights
 
 _LOCK_OTHERS = -30.0  # prior log-odds of the other sources inside a locked band
 
@@ -95,6 +97,25 @@ class StageReport:
     chunks: list[int] | None = None  # which chunks (of a chunked signal, across the batch) the items are
     masks: StageMasks | None = field(default=None, repr=False)  # not in demux.json: written as masks.npz
     end: WarmStart | None = field(default=None, repr=False)  # not in demux.json: for warm starts
+
+    def select(self, items: Iterable[int]) -> StageReport:
+        """This report about some ``items`` of its batch only (e.g. one input's chunks of a batch over inputs).
+
+        Per-item values (losses, statuses, energy shares, the trajectory's per-step values,
+        masks) are picked; ``seconds``, ``n_iter``, ``chunks`` and the trajectory's steps
+        are the batch's; the warm-start ``end`` is left out.
+        """
+        items = list(items)
+
+        def pick(values: list) -> list:
+            return [values[i] for i in items]
+
+        trajectory = {key: [pick(v) if isinstance(v, list) else v for v in values]  # "step": one int a step
+                      for key, values in self.trajectory.items()}
+        masks = None if self.masks is None else dataclasses.replace(self.masks, masks=self.masks.masks[items])
+        return dataclasses.replace(self, loss=pick(self.loss), status=pick(self.status), trajectory=trajectory,
+                                   energy_share={name: pick(v) for name, v in self.energy_share.items()},
+                                   masks=masks, end=None)
 
 
 @dataclass
@@ -348,6 +369,10 @@ def separate_chunks(
     dtype = torch.complex64 if probe.is_complex() else torch.float32
     for first in range(0, plan.count, batch_size):
         index = range(first, min(first + batch_size, plan.count))
+        if B > 1 and len(index) < batch_size:  # a smaller last batch: each signal's chunks go on from its own
+            keep = [b * batch_size + k for b in range(B) for k in range(len(index))]
+            carry = [entry and (dataclasses.replace(entry[0], theta=entry[0].theta[keep]), entry[1][keep])
+                     for entry in carry]
         x = torch.stack([fetch(plan.starts[i], plan.starts[i] + plan.size) for i in index], dim=1)
         x = x.reshape(B * len(index), C, plan.size).to(device=device, dtype=dtype)
         stems, reports = _run_stages(recipe, x, rate, seed=seed, on_stage=on_stage, learned=learned, carry=carry)
@@ -418,7 +443,8 @@ def run_stage(stage: StageSpec, x: Tensor, sample_rate: float, *, seed: int, rec
             warmup=0,
         )
     result = minimize(model.objective, theta0, masks=lambda th: model.masks(th).flatten(1), config=config,
-                      curvature=model.quadratic, mask_vjp=model.mask_vjp)
+                      curvature=model.quadratic, mask_vjp=model.mask_vjp,
+                      norm_weight=_edge_norm_weight(stage, transform.grid(T), (Cc if per_channel else 1, *K)))
     with torch.set_grad_enabled(inputs.learned.requires_grad):
         if inputs.learned.requires_grad:
             model = stage_model(stage, inputs)
@@ -466,6 +492,23 @@ def _warm_start(result, config) -> WarmStart:
         return WarmStart(result.theta, config.radius0, config.dropout0)
     last = result.trajectory[-1]
     return WarmStart(result.theta, float(last.radius.mean()), float(last.dropout.mean()))
+
+
+def _edge_norm_weight(stage: StageSpec, grid, shape: tuple[int, ...]) -> Tensor | None:
+    """``(S * Kf,)`` trust-region norm weights of the stage's masks (``fit.edge_radius``):
+    ``1/scale^2`` for coefficients whose bin comes within ``width_hz`` of an edge of any
+    source's ``bands`` or ``lock``, 1 elsewhere; None without ``edge_radius``.
+
+    ``shape``: what one item's ``Kf`` coefficients unflatten to, ``(channels or 1, *K)``.
+    """
+    spec = stage.fit.edge_radius
+    if spec is None:
+        return None
+    edges = torch.tensor([hz for src in stage.sources.values() for b in src.bands + src.lock for hz in (b.lo, b.hi)])
+    freq, lo, hi = (torch.broadcast_to(t, shape).reshape(-1).double() for t in (grid.freq_hz, grid.band_lo_hz,
+                                                                                 grid.band_hi_hz))
+    weight = edge_weight(freq, edges.double(), width=spec.width_hz + (hi - lo) / 2, scale=spec.scale)
+    return weight.repeat(len(stage.sources))  # masks flatten source-major: (S, Kf) -> S * Kf
 
 
 def _stage_masks(names: list[str], masks: Tensor, grid) -> StageMasks:
@@ -566,10 +609,18 @@ def stage_inputs(stage: StageSpec, coeffs: Tensor, transform: Transform, length:
             prior[:, s] += _line_prior(src, transform, coeffs, length, p, scale, per_channel)
         if src.beats:
             prior[:, s] += _beat_prior(src.beats, transform, coeffs, length, key, recipe_source)
+        if src.activity:
+            prior[:, s] += _activity_prior(src.activity, p, freq, K, per_channel, length / transform.sample_rate,
+                                           coeffs.is_complex(), key, recipe_source)
         if src.lock:
             locks[s] = band_membership(freq, [(b.lo, b.hi, b.edge) for b in src.lock], resolution_hz=width) > 0.5
             support[s] = torch.maximum(support[s], locks[s].float())
-        if src.noise_floor:
+        if src.noise_floor and src.noise_floor.track_s:
+            anchor[:, s], moving = _tracked_floor(src.noise_floor.track_s, p, group, frame, n_groups, grid,
+                                                  length / transform.sample_rate, coeffs.is_complex(), key,
+                                                  recipe_source)
+            prior[:, s] += moving
+        elif src.noise_floor:
             # without a time axis (whole-signal FFT/DCT) a group's few bins say nothing about
             # the floor under a strong source: take one white floor over the whole spectrum
             whole = grid.n_frames == 1
@@ -611,8 +662,24 @@ def stage_inputs(stage: StageSpec, coeffs: Tensor, transform: Transform, length:
         grid_shape=shape,
         anchor=anchor,
         learned=offsets,
+        weight=_likelihood_weight(stage, freq, recipe_source),
     )
     return inputs, per_channel
+
+
+def _likelihood_weight(stage: StageSpec, freq: Tensor, recipe_source: str) -> Tensor | None:
+    """``(Kf,)`` the stage's perceptual weights of the likelihood (``fit.weighting``) from
+    ``freq`` ``(Kf,)`` Hz, or ``None``."""
+    if stage.fit.weighting == "none":
+        return None
+    if bool((freq == freq[0]).all()):  # components or channels, not frequencies
+        raise RecipeError(
+            recipe_source,
+            f"stages.{stage.name}.fit.weighting",
+            f"transform {stage.transform.type!r} has no frequency axis in Hz to weight by; "
+            "use a frequency transform (stft, fft, ...) or weighting: none",
+        )
+    return perceptual_weights(freq, stage.fit.weighting)
 
 
 def _range_gates(stage: StageSpec, transform: Transform, channels: int) -> bool:
@@ -704,6 +771,54 @@ def _arrival_prior(stage: StageSpec, coeffs: Tensor, transform: Transform, recip
     )
     keep = torch.tensor([src.arrival is not None for src in sources], device=log_odds.device)
     return torch.where(keep[None, :, None, None], log_odds, 0.0).flatten(2).float()
+
+
+def _tracked_floor(track_s: float, p: Tensor, group: Tensor, frame: Tensor, n_groups: int, grid, seconds: float,
+                   complex_coeffs: bool, key: str, recipe_source: str) -> tuple[Tensor, Tensor]:
+    """A noise floor that moves with time: ``(B, G)`` its mean over frames (the ``level`` anchor)
+    and ``(B, Kf)`` its deviation from that mean, averaged over groups (added to the prior).
+
+    Only the floor's broadband course over time enters the prior: per group, its deviations
+    hand the source spectral detail that no smoothness penalty sees (in speech-enhance the
+    tracked floor rises under long voiced stretches and its noise took harmonics: mean
+    SI-SDRi +1.2 dB against +2.8 dB with the broadband course).
+    """
+    from demux.priors.noise import SMOOTH_S, group_frame_mean, tracked_log_variance
+
+    N = grid.n_frames
+    if N < 2:
+        raise RecipeError(recipe_source, f"{key}.noise_floor.track_s", "a tracked floor needs a transform with frames")
+    hop_s = seconds / N
+    cells = group_frame_mean(p, group, frame, n_groups, N)
+    per_cell = p.shape[1] / (n_groups * N)  # coefficients averaged into one cell
+    log_floor = tracked_log_variance(cells, window=max(1, round(track_s / hop_s)), alpha=math.exp(-hop_s / SMOOTH_S),
+                                     dof=(2.0 if complex_coeffs else 1.0) * per_cell)
+    mean = log_floor.mean(-1)
+    course = (log_floor - mean[..., None]).mean(1)  # (B, N)
+    return mean, course[:, frame]
+
+
+def _activity_prior(spec, p: Tensor, freq: Tensor, K, per_channel: bool, seconds: float, complex_coeffs: bool,
+                    key: str, recipe_source: str) -> Tensor:
+    """``(B, Kf)`` the voice-activity bias ``gamma(t)`` of each coefficient's frame (:mod:`demux.priors.activity`)."""
+    from demux.priors.activity import activity_bias, bin_log_likelihood_ratio, speech_presence
+    from demux.priors.noise import SMOOTH_S, tracked_log_variance
+
+    if len(K) != 2 or per_channel or K[1] < 2:
+        raise RecipeError(recipe_source, f"{key}.activity", "voice activity needs a (freq, frame) transform: stft")
+    F, N = K
+    freqs = freq.reshape(F, N)[:, 0]
+    in_band = (freqs >= spec.band.lo) & (freqs <= spec.band.hi)
+    if not in_band.any():
+        raise RecipeError(recipe_source, f"{key}.activity.band", f"no bin in {spec.band.lo:g}-{spec.band.hi:g} Hz")
+    hop_s = seconds / N
+    spec_power = p.reshape(-1, F, N)
+    floor = tracked_log_variance(spec_power, window=max(1, round(spec.track_s / hop_s)),
+                                 alpha=math.exp(-hop_s / SMOOTH_S), dof=2.0 if complex_coeffs else 1.0)
+    presence = speech_presence(bin_log_likelihood_ratio(spec_power, floor), in_band, threshold=spec.threshold,
+                               hangover=round(spec.hangover_ms / 1e3 / hop_s))
+    bias = activity_bias(presence, spec.weight)  # (B, N)
+    return bias[:, None, :].expand(-1, F, -1).reshape(p.shape[0], -1)
 
 
 def _harmonic_prior(h, p: Tensor, freq: Tensor, K, per_channel: bool, key: str, recipe_source: str) -> Tensor:

@@ -29,6 +29,7 @@ import yaml
 from demux.errors import RecipeError
 from demux.priors.components import ComponentStatistic
 from demux.trust_region import TrustRegionConfig
+from demux.weighting import Weighting
 
 Domain = Literal["audio", "biomedical", "radio", "radar", "array", "generic"]
 Combiner = Literal["softmax", "sigmoid"]
@@ -111,11 +112,23 @@ class NoiseFloor:
 
     ``mad``: per group ``sigma = MAD(c)/0.6745`` (wavelet shrinkage, Donoho);
     ``minimum``: a low percentile of the power over frames (minimum statistics, Martin).
+    ``track_s``: with ``minimum``, a floor that moves with time instead: Martin's tracked
+    minimum over a ``track_s``-second window per group and frame
+    (:func:`demux.priors.noise.tracked_log_variance`); ``level`` is anchored to its mean
+    over frames (with ``weight``) and its deviation from that mean, averaged over groups,
+    enters the source's prior per frame. None: one floor per group (``percentile``).
     """
 
     estimate: NoiseEstimate = "minimum"
     weight: float = 1.0
     percentile: float = 10.0
+    track_s: float | None = None
+
+    def __post_init__(self):
+        if self.track_s is not None and not self.track_s > 0:
+            raise ValueError(f"track_s={self.track_s}: expected a window > 0 seconds (or null: a static floor)")
+        if self.track_s is not None and self.estimate != "minimum":
+            raise ValueError(f"track_s={self.track_s}: a tracked floor is a minimum statistic; set estimate: minimum")
 
 
 @dataclass(frozen=True)
@@ -183,6 +196,37 @@ class Beats:
 
 
 @dataclass(frozen=True)
+class Activity:
+    """A voice-activity bias on a source's prior, per frame (:mod:`demux.priors.activity`).
+
+    Sohn's likelihood-ratio detector on the bins in ``band`` (Hz) against a tracked
+    minimum-statistics floor (``track_s``-second window) gives a speech presence
+    probability ``p(t)`` per frame (``threshold``: per-bin log-odds, nats; a frame stays
+    active ``hangover_ms`` around an active one); the source's prior log-odds get
+    ``weight * (p(t) - 1)``, down in the pauses (with softmax masks of two sources, the
+    same as raising the other there). Needs a (freq, frame) transform such as stft.
+    """
+
+    weight: float = 1.0
+    band: Band = field(default_factory=lambda: Band(300.0, 4000.0))
+    threshold: float = 0.4
+    hangover_ms: float = 100.0
+    track_s: float = 1.5
+
+    def __post_init__(self):
+        if not self.weight >= 0:
+            raise ValueError(f"weight={self.weight}: expected a number >= 0 (log-odds)")
+        if not 0 <= self.band.lo < self.band.hi:
+            raise ValueError(f"band={self.band}: expected 0 <= lo < hi (Hz)")
+        if not self.threshold >= 0:
+            raise ValueError(f"threshold={self.threshold}: expected a number >= 0 (nats per bin)")
+        if not self.hangover_ms >= 0:
+            raise ValueError(f"hangover_ms={self.hangover_ms}: expected a number >= 0")
+        if not self.track_s > 0:
+            raise ValueError(f"track_s={self.track_s}: expected a window > 0 seconds")
+
+
+@dataclass(frozen=True)
 class Source:
     """One source of a stage: its priors (physical units) and which parameters it fits.
 
@@ -207,6 +251,7 @@ class Source:
     components: tuple[ComponentRule, ...] = ()  # ica-stft: components it may take (every rule must hold)
     rest: bool = False  # its support is what the other sources' supports leave (times its own bands)
     beats: Beats | None = None  # 'dwt': per-beat time prior (ECG: R peaks found in the mixture)
+    activity: Activity | None = None  # per-frame voice-activity bias (a (freq, frame) transform)
 
 
 @dataclass(frozen=True)
@@ -219,6 +264,32 @@ class TransformSpec:
 
 
 @dataclass(frozen=True)
+class EdgeRadius:
+    """A smaller trust radius near band edges: the masks of coefficients whose bin comes
+    within ``width_hz`` of an edge of any source's ``bands`` or ``lock`` in the stage may
+    change by ``scale`` times the radius per step (:func:`demux.trust_region.edge_weight`)."""
+
+    width_hz: float
+    scale: float = 0.5
+
+    def __post_init__(self):
+        if not self.width_hz >= 0:
+            raise ValueError(f"width_hz={self.width_hz}: expected a distance >= 0 Hz (0: the bins straddling an edge)")
+        if not 0 < self.scale <= 1:
+            raise ValueError(f"scale={self.scale}: expected a radius factor in (0, 1]")
+
+
+@dataclass(frozen=True)
+class FitSpec(TrustRegionConfig):
+    """A stage's fit: the trust-region settings (:class:`~demux.trust_region.TrustRegionConfig`)
+    and the per-coefficient weighting of its likelihood (:data:`demux.weighting.Weighting`:
+    ``none``, ``a-weighting`` or ``ath``, from each coefficient's frequency in Hz)."""
+
+    weighting: Weighting = "none"
+    edge_radius: EdgeRadius | None = None  # None: one radius for every coefficient
+
+
+@dataclass(frozen=True)
 class Stage:
     """One separation stage: a transform, sources competing for its coefficients, the fit."""
 
@@ -227,7 +298,7 @@ class Stage:
     sources: dict[str, Source]
     split: str | None = None  # the stem of an earlier stage this stage splits (None: the mixture)
     combiner: Combiner = "softmax"
-    fit: TrustRegionConfig = field(default_factory=TrustRegionConfig)
+    fit: FitSpec = field(default_factory=FitSpec)
 
 
 @dataclass(frozen=True)
@@ -451,8 +522,8 @@ def _convert(value: Any, hint: Any, path: str, source: str) -> Any:
             try:
                 return _convert(value, option, path, source)
             except RecipeError as error:
-                errors.append(error.problem)
-        raise RecipeError(source, path, errors[0])
+                errors.append(error)
+        raise errors[0] from None  # with its own key path (a nested field's, for an optional mapping)
     if origin is Literal:
         if value not in args:
             raise RecipeError(source, path, f"expected one of {', '.join(map(repr, args))}, got {value!r}")

@@ -21,6 +21,10 @@ One iteration, per item:
    masks it under-estimates a move that keeps the logits' mean by sqrt(S/(S-1))) and
    Hutchinson adds noise, so an uncalibrated metric can overshoot step after step
    until the radius collapses.
+   With ``norm_weight`` the norm weighs each mask's change: ``W = diag(w)``,
+   ``D ~ c diag(J^T W J)/M`` (probes ``sqrt(w) v``), the change
+   ``||W^(1/2) dm|| / sqrt(M)``, so a mask of weight ``w`` may move ``radius / sqrt(w)``
+   at most (:func:`edge_weight`: a smaller radius near band edges).
 4. :func:`steihaug_cg` in that metric; its first iterate is the Cauchy point.
 5. :func:`trust_ratio` from the true loss and the TRUE mask change (an overshoot
    beyond ``overshoot * Delta`` rejects the step), then :func:`update_radius` and
@@ -59,10 +63,12 @@ __all__ = [
     "boundary_roots",
     "calibrate_metric",
     "dropout_cap",
+    "edge_weight",
     "minimize",
     "steihaug_cg",
     "trust_ratio",
     "update_radius",
+    "weighted_norm",
 ]
 
 #: How the quadratic model's curvature is built. ``exact``: the exact Hessian's
@@ -339,6 +345,34 @@ def _safe(denominator: Tensor) -> Tensor:
     return torch.where(denominator != 0, denominator, torch.ones_like(denominator))
 
 
+def weighted_norm(x: Tensor, weight: Tensor | None = None) -> Tensor:
+    """``(B, N) -> (B,)`` ``sqrt(sum_i w_i x_i^2)``; ``weight`` ``(N,)`` or ``(B, N)``, None: all ones."""
+    return x.norm(dim=1) if weight is None else (weight * x.square()).sum(dim=1).sqrt()
+
+
+def edge_weight(position: Tensor, edges: Tensor, *, width: Tensor | float, scale: float) -> Tensor:
+    """Norm weights that shrink the trust radius by ``scale`` within ``width`` of an edge.
+
+    Args:
+        position: ``(N,)`` where each weighted entry sits (Hz for band edges).
+        edges: ``(E,)`` edge positions, same unit (none: all weights 1).
+        width: ``(N,)`` or one number >= 0, same unit: how far from an edge an entry
+            still counts as near it (e.g. a distance plus half the entry's bin width).
+        scale: radius factor near an edge, in (0, 1].
+
+    Returns:
+        ``(N,)`` ``1 / scale^2`` where ``|position - edge| <= width`` for some edge, else 1,
+        in ``position``'s dtype: as ``norm_weight`` of :func:`minimize`, an entry near an
+        edge may change by ``scale * radius`` at most.
+    """
+    width = torch.as_tensor(width, dtype=position.dtype, device=position.device)
+    _require(bool((width >= 0).all()), f"width={width} is not >= 0")
+    _require(0 < scale <= 1, f"scale={scale} is not in (0, 1]")
+    distance = (position[:, None] - edges.to(position)[None, :]).abs()
+    near = (distance <= width.reshape(-1, 1)).any(dim=1)
+    return torch.where(near, 1.0 / scale**2, 1.0).to(position.dtype)
+
+
 def boundary_roots(z: Tensor, d: Tensor, *, metric: Tensor, radius: Tensor) -> tuple[Tensor, Tensor]:
     """The two ``tau`` with ``||z + tau d||_D = radius``, ``D = diag(metric)``.
 
@@ -609,12 +643,14 @@ def _value_and_grad(
 def _mask_metric(
     masks: Callable[[Tensor], Tensor], theta: Tensor, *, generator: torch.Generator, probes: int,
     vjp: Callable[[Tensor], tuple[Tensor, Callable[[Tensor], Tensor]] | None] | None = None,
+    root_weight: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Hutchinson estimate of ``diag(J^T J) / M`` and the masks at ``theta``.
+    """Hutchinson estimate of ``diag(J^T W J) / M`` and the masks at ``theta``.
 
     ``E_v[(J^T v)_i^2] = sum_j J_ji^2`` for Rademacher ``v``; one probe ``(M,)`` is shared
     by all items (they are independent), so an item's metric does not depend on the batch.
     ``vjp`` (see :func:`minimize`'s ``mask_vjp``) gives ``J^T v`` without autograd.
+    ``root_weight`` ``(M,)`` or ``(B, M)``: ``sqrt(diag(W))``, multiplies the probes (None: ``W = I``).
 
     Returns:
         ``estimate (B, P) >= 0`` and ``m (B, M)``, both detached.
@@ -629,9 +665,11 @@ def _mask_metric(
         shape = tuple(m.shape) if isinstance(m, Tensor) else type(m).__name__
         raise ParameterError(f"masks must return a ({theta.shape[0]}, M) tensor, got {shape}")
     n_masks = m.shape[1]
+    if root_weight is not None and root_weight.shape[-1] != n_masks:
+        raise ParameterError(f"norm_weight has {root_weight.shape[-1]} entries per item, the masks {n_masks}")
     total = torch.zeros_like(theta)
     for v in _rademacher(generator, (probes, n_masks), like=m):
-        v = v.expand_as(m)
+        v = (v if root_weight is None else v * root_weight).expand_as(m)
         total = total + (_grad(m, x, grad_outputs=v) if closed is None else product(v)) ** 2
     return total.detach() / (probes * n_masks), m.detach()
 
@@ -644,18 +682,19 @@ def _floor_metric(metric: Tensor) -> Tensor:
 
 
 class _EuclideanNorm:
-    """Trust-region norm without masks: the Euclidean length of the step."""
+    """Trust-region norm without masks: the (weighted) Euclidean length of the step."""
 
-    def __init__(self, theta: Tensor):
-        self._identity = torch.ones_like(theta)
+    def __init__(self, theta: Tensor, weight: Tensor | None = None):
+        self._weight = weight
+        self._metric = torch.ones_like(theta) if weight is None else weight.expand_as(theta)
 
     def metric(self, theta: Tensor) -> Tensor:
-        """``(B, P)`` diagonal metric at ``theta``: all ones."""
-        return self._identity
+        """``(B, P)`` diagonal metric at ``theta``: the weights (all ones by default)."""
+        return self._metric
 
     def change(self, step: Tensor, trial: Tensor, *, active: Tensor) -> Tensor:
-        """``(B,)`` ``||step||``."""
-        return step.norm(dim=1)
+        """``(B,)`` ``||step||_W``."""
+        return weighted_norm(step, self._weight)
 
 
 class _MaskNorm:
@@ -663,12 +702,15 @@ class _MaskNorm:
 
     The metric is ``c * floor(average of Hutchinson estimates)``; the average gives
     the previous iterations geometric weights ``_METRIC_MEMORY^age``, and the per-item
-    scale ``c`` comes from :func:`calibrate_metric` after each trial step.
+    scale ``c`` comes from :func:`calibrate_metric` after each trial step. ``weight``
+    ``(M,)`` or ``(B, M)`` weighs each mask's change (None: all ones).
     """
 
     def __init__(self, masks: Callable[[Tensor], Tensor], theta: Tensor, *, generator: torch.Generator, probes: int,
-                 vjp: Callable | None = None):
+                 vjp: Callable | None = None, weight: Tensor | None = None):
         self._masks, self._generator, self._probes, self._vjp = masks, generator, probes, vjp
+        self._norm_weight = weight
+        self._root_weight = None if weight is None else weight.sqrt()
         self._sum, self._weight = torch.zeros_like(theta), 0.0
         self._scale = theta.new_ones(theta.shape[0])
         self._hutchinson = self._current = None
@@ -676,7 +718,8 @@ class _MaskNorm:
     def metric(self, theta: Tensor) -> Tensor:
         """``(B, P)`` diagonal metric at ``theta`` (remembers the masks there)."""
         estimate, self._current = _mask_metric(
-            self._masks, theta, generator=self._generator, probes=self._probes, vjp=self._vjp
+            self._masks, theta, generator=self._generator, probes=self._probes, vjp=self._vjp,
+            root_weight=self._root_weight,
         )
         self._sum = _METRIC_MEMORY * self._sum + estimate
         self._weight = _METRIC_MEMORY * self._weight + 1
@@ -687,7 +730,8 @@ class _MaskNorm:
         """``(B,)`` true RMS mask change from the last :meth:`metric` point to ``trial``;
         recalibrates the metric scale of the ``active`` items."""
         with torch.no_grad():
-            change = (self._masks(trial) - self._current).norm(dim=1) / math.sqrt(self._current.shape[1])
+            change = weighted_norm(self._masks(trial) - self._current, self._norm_weight)
+        change = change / math.sqrt(self._current.shape[1])
         predicted = _rows_dot(step, self._hutchinson * step).sqrt()
         self._scale = calibrate_metric(self._scale, mask_change=change, metric_norm=predicted, active=active)
         return change
@@ -815,6 +859,18 @@ def _check_theta(theta0: Tensor) -> Tensor:
     return theta0.detach().clone()
 
 
+def _check_norm_weight(weight: Tensor | None, *, like: Tensor) -> Tensor | None:
+    """``weight`` cast like ``like`` after checking it is a positive finite ``(M,)`` or ``(B, M)``."""
+    if weight is None:
+        return None
+    if not isinstance(weight, Tensor) or weight.ndim == 0 or weight.shape[:-1] not in ((), like.shape[:1]):
+        shape = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
+        raise ParameterError(f"norm_weight must be a (M,) or ({like.shape[0]}, M) tensor, got {shape}")
+    if not bool((torch.isfinite(weight) & (weight > 0)).all()):
+        raise ParameterError("norm_weight must be positive and finite")
+    return weight.detach().to(dtype=like.dtype, device=like.device)
+
+
 # --- the driver ---------------------------------------------------------------------
 
 
@@ -827,6 +883,7 @@ def minimize(
     callback: Callable[[TrajectoryStep], None] | None = None,
     curvature: Callable[..., Quadratic] | None = None,
     mask_vjp: Callable[[Tensor], tuple[Tensor, Callable[[Tensor], Tensor]] | None] | None = None,
+    norm_weight: Tensor | None = None,
 ) -> TrustRegionResult:
     """Minimise a batch of independent losses with trust-region steps measured on masks.
 
@@ -848,6 +905,10 @@ def minimize(
         mask_vjp: ``theta -> (masks (B, M), w -> J^T w)`` with ``J = d masks / d theta``
             in closed form for the metric's Hutchinson probes (the same probes, no
             autograd); returning ``None`` falls back to autograd through ``masks``.
+        norm_weight: ``(M,)`` or ``(B, M)`` positive weights of the norm's entries
+            (the masks; the parameters, ``M = P``, when ``masks`` is ``None``): the norm
+            is ``||W^(1/2) dm|| / sqrt(M)``, so entry ``i`` may change by
+            ``radius / sqrt(w_i)`` at most (see :func:`edge_weight`). None: all ones.
 
     Returns:
         A :class:`TrustRegionResult`. Same inputs and config give a bit-identical result.
@@ -855,8 +916,8 @@ def minimize(
     Raises:
         ParameterError: ``theta0`` is not a finite ``(B, P)`` float tensor, ``objective``
             or ``masks`` returns the wrong shape, ``config`` is not a
-            :class:`TrustRegionConfig`, or ``hessian`` is "gauss-newton" without a
-            ``curvature``.
+            :class:`TrustRegionConfig`, ``hessian`` is "gauss-newton" without a
+            ``curvature``, or ``norm_weight`` is not positive and finite.
     """
     if not isinstance(config, TrustRegionConfig):
         raise ParameterError(f"config must be a TrustRegionConfig, got {type(config).__name__}")
@@ -874,10 +935,13 @@ def minimize(
     status = torch.full((B,), int(Status.MAX_ITER), dtype=torch.int64, device=theta.device)
     iterations = torch.zeros(B, dtype=torch.int64, device=theta.device)
     memory = _LbfgsMemory.empty(theta, config.lbfgs_memory) if config.hessian == "lbfgs" else None
+    weight = _check_norm_weight(norm_weight, like=theta)
     if masks is None:
-        norm: _EuclideanNorm | _MaskNorm = _EuclideanNorm(theta)
+        if weight is not None and weight.shape[-1] != theta.shape[1]:
+            raise ParameterError(f"norm_weight has {weight.shape[-1]} entries per item, theta {theta.shape[1]}")
+        norm: _EuclideanNorm | _MaskNorm = _EuclideanNorm(theta, weight)
     else:
-        norm = _MaskNorm(masks, theta, generator=generator, probes=config.probes, vjp=mask_vjp)
+        norm = _MaskNorm(masks, theta, generator=generator, probes=config.probes, vjp=mask_vjp, weight=weight)
     trajectory: list[TrajectoryStep] = []
 
     with torch.enable_grad():

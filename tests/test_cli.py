@@ -440,6 +440,21 @@ def long_input(tmp_path: Path, seconds: float = 6.0):
 CHUNKED = ("--segment", "1", "--overlap", "0.2", "--batch-size", "3")  # 8 chunks of 1 s, 0.8 s apart
 
 
+def test_batch_size_fits_a_folders_files_of_one_length_together(tmp_path):
+    folder = tmp_path / "in"
+    for i, seconds in enumerate((0.5, 0.5, 0.5, 0.4)):  # the last one's length is its own
+        write_wav(folder / f"f{i}.wav", tones([(440 + 50 * i, 0.5), (1500, 0.3)], sample_rate=FS,
+                                               seconds=seconds).numpy()[None])
+    out = tmp_path / "OUT"
+    result = separate(folder, "-r", "tones-fft", "-o", out, "--batch-size", "2")
+    assert result.exit_code == 0, result.output
+    records = [json.loads((out / f"f{i}" / "demux.json").read_text()) for i in range(4)]
+    assert [r["batched_with"] for r in records] == [["f1"], ["f0"], [], []]  # two a group, in input order
+    assert {r["batch_size"] for r in records} == {2}
+    again = separate(folder, "-r", "tones-fft", "-o", out, "--batch-size", "2")
+    assert again.exit_code == 0 and again.stderr.count("skipped") == 4
+
+
 def test_long_input_in_chunks_shows_no_seams_and_sums_to_the_mixture(tmp_path):
     path, refs = long_input(tmp_path)
     out = tmp_path / "OUT"

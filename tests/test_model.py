@@ -9,6 +9,7 @@ import torch
 
 from demux.model import ModelInputs, SourceBlocks, VarianceModel
 from demux.trust_region import Dropout, TrustRegionConfig, minimize, steihaug_cg
+from demux.weighting import perceptual_weights
 
 F64 = torch.float64
 BLOCKS = [
@@ -18,8 +19,9 @@ BLOCKS = [
 ]
 
 
-def _model(*, separable: bool, seed: int = 0, batch: int = 2) -> VarianceModel:
-    """Three sources on a 6 x 5 (freq, frame) grid, or on 30 packed coefficients."""
+def _model(*, separable: bool, seed: int = 0, batch: int = 2, weight: torch.Tensor | None = None) -> VarianceModel:
+    """Three sources on a 6 x 5 (freq, frame) grid, or on 30 packed coefficients;
+    ``weight`` ``(30,)`` weighs the coefficients' divergences."""
     g = torch.Generator().manual_seed(seed)
     F, N = 6, 5
     Kf, S = F * N, len(BLOCKS)
@@ -50,6 +52,7 @@ def _model(*, separable: bool, seed: int = 0, batch: int = 2) -> VarianceModel:
         grid_shape=shape,
         anchor=torch.randn(batch, S, n_groups, generator=g, dtype=F64),
         learned=torch.randn(S, n_groups, generator=g, dtype=F64),
+        weight=weight,
     )
     return VarianceModel(BLOCKS, inputs, combiner="softmax", residual=None)
 
@@ -68,15 +71,20 @@ DROPOUT = Dropout(rate=torch.tensor([0.3, 0.0], dtype=F64), seed=11)
 def test_closed_form_loss_gradient_and_hessian_match_autograd(separable, dropout):
     model = _model(separable=separable)
     theta = _point(model)
-    q = model.quadratic(theta, dropout)
     x = theta.clone().requires_grad_(True)
-    loss = model.objective(x, dropout)
+    _assert_closed_form_matches_autograd(model, theta, x, model.objective(x, dropout), dropout)
+
+
+def _assert_closed_form_matches_autograd(model, theta, x, loss, dropout):
+    """``model.quadratic`` at ``theta`` equals autograd's loss, gradient and HVP of ``loss(x)``; returns ``(grad, v)``."""
+    q = model.quadratic(theta, dropout)
     (grad,) = torch.autograd.grad(loss.sum(), x, create_graph=True)
     v = torch.randn(theta.shape, generator=torch.Generator().manual_seed(2), dtype=F64)
     (hv,) = torch.autograd.grad(grad, x, grad_outputs=v)
     torch.testing.assert_close(q.loss, loss.detach(), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(q.grad, grad.detach(), rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(q.hvp(v), hv, rtol=1e-10, atol=1e-12)
+    return grad, v
 
 
 def _autograd_gauss_newton(model: VarianceModel, theta: torch.Tensor, v: torch.Tensor, dropout) -> torch.Tensor:
@@ -178,3 +186,51 @@ def test_a_stage_fit_lowers_the_loss_and_repeats_bit_for_bit(hessian):
     assert torch.equal(runs[0].theta, runs[1].theta)
     start = model.objective(model.initial())
     assert bool((runs[0].loss < start - 1e-3).all())
+
+
+def _weight() -> torch.Tensor:
+    """``(30,)`` A-weighting of 6 bins x 5 frames at 0..5 kHz (bin 0 at 0 Hz: weight 0)."""
+    freq = (torch.arange(6, dtype=F64) * 1000.0).repeat_interleave(5)
+    return perceptual_weights(freq, "a-weighting")
+
+
+def _naive_weighted_loss(model: VarianceModel, theta: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``mean_k w_k coverage_k d_IS(P_k | V_k) + penalties``, written out from the logits."""
+    x = model.inputs
+    ratio = x.power * torch.exp(-torch.logsumexp(model.logits(theta), dim=1))
+    coverage = x.support.sum(0).clamp(max=1.0)
+    divergence = ratio - torch.log(ratio + 1e-12) - 1.0
+    return (weight * coverage * divergence).mean(1) + model.penalty(theta, model.fitted_part(theta))
+
+
+@pytest.mark.parametrize("separable", [True, False])
+@pytest.mark.parametrize("dropout", [None, DROPOUT])
+def test_weighted_closed_form_matches_autograd_of_the_weighted_loss(separable, dropout):
+    weight = _weight()
+    model = _model(separable=separable, weight=weight)
+    theta = _point(model)
+    x = theta.clone().requires_grad_(True)
+    loss = model.objective(x, dropout)
+    if dropout is None:  # the objective is the weighted sum itself, not only self-consistent
+        torch.testing.assert_close(loss, _naive_weighted_loss(model, x, weight), rtol=1e-12, atol=1e-12)
+    grad, v = _assert_closed_form_matches_autograd(model, theta, x, loss, dropout)
+    gn = model.quadratic(theta, dropout, gauss_newton=True)
+    torch.testing.assert_close(gn.hvp(v), _autograd_gauss_newton(model, theta, v, dropout), rtol=1e-9, atol=1e-12)
+    # the weights change the fit: the unweighted gradient differs by far more than the tolerance
+    assert float((_model(separable=separable).quadratic(theta, dropout).grad - grad.detach()).abs().max()) > 1e-3
+
+
+def test_unit_weights_reproduce_the_unweighted_fit_bit_for_bit():
+    plain, ones = _model(separable=True), _model(separable=True, weight=torch.ones(30, dtype=F64))
+    theta = _point(plain)
+    v = torch.randn(theta.shape, generator=torch.Generator().manual_seed(6), dtype=F64)
+    q, q1 = plain.quadratic(theta, DROPOUT), ones.quadratic(theta, DROPOUT)
+    assert torch.equal(q.loss, q1.loss) and torch.equal(q.grad, q1.grad) and torch.equal(q.hvp(v), q1.hvp(v))
+    config = TrustRegionConfig(max_iter=6, seed=3)
+    fits = [
+        minimize(m.objective, m.initial(), masks=lambda th, m=m: m.masks(th).flatten(1), config=config,
+                 curvature=m.quadratic, mask_vjp=m.mask_vjp)
+        for m in (plain, ones)
+    ]
+    assert torch.equal(fits[0].theta, fits[1].theta)
+    assert bool((fits[0].loss < plain.objective(plain.initial()) - 1e-3).all())  # it did fit

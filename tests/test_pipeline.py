@@ -117,6 +117,32 @@ def test_locked_band_goes_whole_to_its_source():
     assert torch.allclose(spectrum[inside], mixture_spectrum[inside], atol=1e-3)
 
 
+def test_edge_radius_weighs_the_masks_of_the_bins_at_band_edges(monkeypatch):
+    """radio-fft's ``fit.edge_radius`` (width 0, scale 0.5): the fit's norm weighs by 4 the
+    masks of every source at the bins that straddle an edge of a band or lock (1000 and
+    2000 Hz at 1 Hz bins), and by 1 every other mask; without the key, no weights."""
+    import demux.pipeline as pipeline
+
+    seen, real = [], pipeline.minimize
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["norm_weight"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "minimize", spy)
+    noise = 0.01 * torch.randn(FS, generator=torch.Generator().manual_seed(0))
+    x = (tones([(1500, 0.5)], sample_rate=FS, seconds=1) + noise)[None]
+    separate(x, FS, "radio-fft")
+    separate(x, FS, load_recipe("radio-fft", ["split.fit.edge_radius=null"]))
+    weight, none = seen
+    assert none is None
+    freq = torch.fft.rfftfreq(FS, 1 / FS)
+    weight = weight.reshape(3, freq.numel())
+    for per_source in weight:
+        assert freq[per_source != 1].tolist() == [1000.0, 2000.0]
+        assert per_source[per_source != 1].tolist() == [4.0, 4.0]
+
+
 def test_sigmoid_combiner_keeps_stems_summing_to_the_mixture():
     a = tones([(500, 0.5)], sample_rate=FS, seconds=1)
     b = tones([(2000, 0.5)], sample_rate=FS, seconds=1)

@@ -8,12 +8,15 @@ import pytest
 import torch
 
 from conftest import tones
-from demux.errors import InputError
+from demux.errors import InputError, RecipeError
 from demux.priors.combine import apply_locks, sigmoid_masks, softmax_masks
 from demux.priors.harmonic import comb_log_odds, track_f0
 from demux.priors.learned import load_offsets
-from demux.priors.noise import group_quantile, noise_log_variance
+from demux.priors.noise import (SMOOTH_S, group_frame_mean, group_quantile, minimum_bias, noise_log_variance,
+                                tracked_log_variance)
+from demux.pipeline import separate, stage_inputs
 from demux.priors.support import band_membership, direction_membership, level_membership, support_log_odds
+from demux.recipe import load_recipe
 from demux.transforms import STFT
 
 
@@ -133,3 +136,75 @@ def test_learned_offsets_round_trip_and_refuse_other_files(tmp_path):
         load_offsets(pickle_file, key="voice", n_groups=4)
     with pytest.raises(InputError, match="no such learned-parameters file"):
         load_offsets(tmp_path / "missing.safetensors", key="voice", n_groups=4)
+
+
+def test_tracked_floor_matches_a_hand_computed_case():
+    # alpha 0.5, starting from the mean of the first 3 frames (14/3): P = 13/3, 19/6, 67/12,
+    # 79/24, 223/48; centred minima over 3 frames: 19/6, 19/6, 19/6, 79/24, 79/24.
+    # Bias: D = 3, Q_eq = 2 * 1.5 / 0.5 = 6, M(3) = 0.26 + 0.22 / 3 = 1/3, Q~ = (6 - 2/3) / (2/3) = 8,
+    # B_min = 1 + 2 * 2 / 8 = 1.5; the end frames' windows hold 2 frames: M(2) = 0.26,
+    # Q~ = (6 - 0.52) / 0.74, B_min = 1 + 2 / Q~ = 1.27.
+    cells = torch.tensor([[[4.0, 2.0, 8.0, 1.0, 6.0]]])
+    out = tracked_log_variance(cells, window=3, alpha=0.5, dof=2.0)
+    end = 1 + 2 * 0.74 / 5.48
+    expected = torch.tensor([[[end * 19 / 6, 1.5 * 19 / 6, 1.5 * 19 / 6, 1.5 * 79 / 24, end * 79 / 24]]])
+    assert torch.allclose(out.exp(), expected, rtol=1e-5)
+    assert minimum_bias(1, 2.0) == 1.0
+
+
+def test_tracked_floor_follows_a_noise_step_that_the_static_floor_cannot():
+    # White noise whose level steps up 10 dB at 3 s, STFT 512/128 at 16 kHz, 1.5 s window.
+    # Measured (median over bins, dB over the quiet half's mean power): tracked floor -0.05 dB
+    # at 1.5 s and 9.89 dB at 3.9 s (0.9 s after the step: within the window); the static
+    # 10th-percentile floor, one value per bin, 2.8 dB everywhere (7.2 dB short after the step).
+    rate, hop = 16000, 128
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 1, 6 * rate, generator=g)
+    x[..., 3 * rate :] *= math.sqrt(10.0)
+    stft = STFT(rate, n_fft=512, hop=hop)
+    p = stft(x).abs().square()[:, 0]  # (1, F, N): unit variance per bin before the step (up to the window gain)
+    F, N = p.shape[1:]
+    unit = p[..., : N // 2 - 20].mean()  # the mean power before the step
+    hop_s = hop / rate
+    tracked = tracked_log_variance(p, window=round(1.5 / hop_s), alpha=math.exp(-hop_s / SMOOTH_S), dof=2.0)
+    db = lambda v: 10 * float(v.median()) / math.log(10) - 10 * math.log10(float(unit))
+    before, after = db(tracked[0, 2:-2, round(1.5 / hop_s)]), db(tracked[0, 2:-2, round(3.9 / hop_s)])
+    assert abs(before) < 1.5 and abs(after - 10.0) < 1.5
+    group, frame = torch.arange(F).repeat_interleave(N), torch.arange(N).repeat(F)
+    static = noise_log_variance(p.reshape(1, -1), group, F, estimate="minimum", percentile=10.0, complex_coeffs=True)
+    assert abs(db(static[0, 2:-2]) - 10.0) > 5.0  # one floor per bin: it stays with the quiet half
+    # group_frame_mean with one coefficient per cell is the power itself
+    assert torch.allclose(group_frame_mean(p.reshape(1, -1), group, frame, F, N), p)
+
+
+def test_noise_floor_track_s_is_validated_with_its_key_path():
+    with pytest.raises(RecipeError, match=r"noise\.noise_floor\.track_s"):
+        load_recipe("speech-enhance", ["split.sources.noise.noise_floor={track_s: -1}"])
+    with pytest.raises(RecipeError, match=r"noise\.noise_floor\.track_s"):
+        load_recipe("speech-enhance", ["split.sources.noise.noise_floor={track_s: 1.5, estimate: mad}"])
+    with pytest.raises(RecipeError, match=r"noise\.noise_floor\.track_s: expected a number"):
+        load_recipe("speech-enhance", ["split.sources.noise.noise_floor={track_s: soon}"])
+
+
+def test_a_tracked_floor_enters_the_prior_as_its_broadband_course():
+    # speech-enhance's noise with a tracked floor, on white noise stepping up 10 dB at 3 s:
+    # the prior holds one value per frame, 10 dB (2.30 nats) higher after the step than
+    # before (measured 2.30), and level's anchor is the floor's mean over frames.
+    recipe = load_recipe("speech-enhance", ["split.sources.noise.noise_floor={track_s: 1.5, weight: 0}"])
+    stage = recipe.stages[0]
+    x = torch.randn(1, 1, 6 * 16000, generator=torch.Generator().manual_seed(0))
+    x[..., 3 * 16000 :] *= math.sqrt(10.0)
+    stft = STFT(16000, n_fft=512, hop=128)
+    coeffs = stft(x)
+    inputs, _ = stage_inputs(stage, coeffs, stft, x.shape[-1], recipe.source)
+    F, N = coeffs.shape[-2:]
+    noise = list(stage.sources).index("noise")
+    course = inputs.prior[0, noise].view(F, N)
+    assert torch.equal(course, course[:1].expand(F, N))
+    frame = lambda seconds: round(seconds * 16000 / 128)
+    assert float(course[0, frame(4.5)] - course[0, frame(1.5)]) == pytest.approx(math.log(10.0), abs=0.3)
+    assert float(course[0].mean()) == pytest.approx(0.0, abs=1e-4)
+    assert inputs.anchor[0, noise].shape == (F,)
+    whole = load_recipe("tones-fft", ["split.sources.low.noise_floor={track_s: 1.0}"])  # one frame: nothing to track
+    with pytest.raises(RecipeError, match=r"low\.noise_floor\.track_s: a tracked floor needs a transform with frames"):
+        separate(torch.randn(1, 8000), 8000, whole)

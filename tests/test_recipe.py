@@ -54,6 +54,16 @@ def test_builtins_include_the_first_recipe_of_each_family():
         (("  split:\n", "  split:\n    fit: {max_iter: 0}\n"), r"stages\.split\.fit\.max_iter: max_iter=0"),
         (("  split:\n", "  split:\n    fit: {max_itr: 3}\n"), r"stages\.split\.fit\.max_itr: unknown key; did you mean 'max_iter'\?"),
         (("  split:\n", "  split:\n    fit: {hessian: magic}\n"), r"stages\.split\.fit\.hessian: expected one of 'exact'"),
+        (("  split:\n", "  split:\n    fit: {weighting: c-weighting}\n"),
+         r"stages\.split\.fit\.weighting: expected one of 'none', 'a-weighting', 'ath', got 'c-weighting'"),
+        (("  split:\n", "  split:\n    fit: {edge_radius: {width_hz: 50, scale: 0}}\n"),
+         r"stages\.split\.fit\.edge_radius\.scale: scale=0\.0: expected a radius factor in \(0, 1\]"),
+        (("  split:\n", "  split:\n    fit: {edge_radius: {width_hz: -5}}\n"),
+         r"stages\.split\.fit\.edge_radius\.width_hz: width_hz=-5\.0: expected a distance >= 0 Hz"),
+        (("  split:\n", "  split:\n    fit: {edge_radius: {scale: 0.5}}\n"),
+         r"stages\.split\.fit\.edge_radius\.width_hz: required key is missing"),
+        (("  split:\n", "  split:\n    fit: {edge_radius: {width: 50}}\n"),
+         r"stages\.split\.fit\.edge_radius\.width: unknown key; did you mean 'width_hz'\?"),
         (("name: two-bands", "name: two-bands\nstage: {}"), r"^.*r\.yaml: stage: unknown key; did you mean 'stages'\?"),
         (("      high: {band: {lo: 500, hi: 4000}}\n", ""), r"stages\.split\.sources: expected a mapping of at least two"),
     ],
@@ -162,3 +172,36 @@ def test_cli_list_and_show():
     assert shown.exit_code == 0 and "db4" in shown.output
     resolved = runner.invoke(app, ["recipes", "show", "ecg-wavelet", "--set", "split.transform.wavelet=bior4.4"])
     assert resolved.exit_code == 0 and "bior4.4" in resolved.output
+
+
+def test_fit_weighting_defaults_to_none_and_gives_the_model_perceptual_weights(tmp_path):
+    import torch
+
+    from demux.pipeline import stage_inputs
+    from demux.transforms import build_transform
+
+    assert load_recipe(write(tmp_path, GOOD)).stages[0].fit.weighting == "none"
+    stage = load_recipe(write(tmp_path, GOOD), ["split.fit.weighting=a-weighting"]).stages[0]
+    transform = build_transform("fft", 8000)
+    x = torch.randn(1, 1, 800, generator=torch.Generator().manual_seed(0))
+    inputs, _ = stage_inputs(stage, transform(x), transform, 800, "r.yaml")
+    freq = transform.grid(800).freq_hz.reshape(-1)
+    assert inputs.weight.shape == freq.shape
+    assert float(inputs.weight.mean()) == pytest.approx(1.0, abs=1e-5)
+    assert float(inputs.weight[freq == 0]) == 0.0  # A-weighting is -inf dB at DC
+    plain, _ = stage_inputs(load_recipe(write(tmp_path, GOOD)).stages[0], transform(x), transform, 800, "r.yaml")
+    assert plain.weight is None
+
+
+def test_fit_weighting_needs_a_frequency_axis(tmp_path):
+    import torch
+
+    from demux.pipeline import stage_inputs
+    from demux.transforms import PCA
+
+    path = write(tmp_path, GOOD.replace("{type: fft}", "{type: pca}"))
+    stage = load_recipe(path, ["split.fit.weighting=ath"]).stages[0]
+    x = torch.randn(1, 3, 800, generator=torch.Generator().manual_seed(0))
+    transform = PCA(8000).fit(x)
+    with pytest.raises(RecipeError, match=r"stages\.split\.fit\.weighting: transform 'pca' has no frequency axis"):
+        stage_inputs(stage, transform(x), transform, 800, str(path))

@@ -140,7 +140,7 @@ def test_recipe_validates_and_declares_its_geometry():
 
 
 def test_bad_arrivals_name_the_key():
-    with pytest.raises(RecipeError, match=r"doa1\.arrival: direction=120.* \[-90, 90\]"):
+    with pytest.raises(RecipeError, match=r"doa1\.arrival\.direction: direction=120.* \[-90, 90\]"):
         load_recipe("array-beamform", ["split.sources.doa1.arrival.direction=120"])
     with pytest.raises(RecipeError, match="needs the array's geometry"):
         separate(np.zeros((4, 4000), np.float32), FS, load_recipe("array-beamform", ["split.transform={type: stft, n_fft: 1024}"]))

@@ -64,3 +64,29 @@ def test_speech_enhance_improves_si_sdr_on_the_demo():
     improvement = si_sdr_db(stems["speech"], speech) - si_sdr_db(mixture, speech)
     assert math.isfinite(improvement)
     assert improvement >= 1.5
+
+
+def _band_noise(generator: torch.Generator, n: int, rate: float, lo: float, hi: float) -> torch.Tensor:
+    """``(n,)`` unit-power Gaussian noise with its rFFT zeroed outside ``[lo, hi]`` Hz."""
+    spectrum = torch.fft.rfft(torch.randn(n, generator=generator, dtype=torch.float64))
+    freq = torch.fft.rfftfreq(n, 1 / rate)
+    x = torch.fft.irfft(spectrum * ((freq >= lo) & (freq <= hi)), n)
+    return x / x.square().mean().sqrt()
+
+
+def test_radio_fft_keeps_a_secondary_user_next_to_the_primary_band_edge():
+    # 1 s at 8 kHz: the primary fills radio-fft's locked 1000-2000 Hz band, a secondary user
+    # (-3 dB) starts 10 Hz above its upper edge, white noise at -30 dB. Measured with the
+    # shipped recipe (edge_radius on): SI-SDR 22.53 dB primary, 19.46 dB secondary; the same
+    # without edge_radius; 5.42 / -0.21 dB without the lock.
+    rate, n = 8000, 8000
+    g = torch.Generator().manual_seed(0)
+    sources = {
+        "primary": _band_noise(g, n, rate, 1000, 2000),
+        "secondary": 0.7 * _band_noise(g, n, rate, 2010, 2400),
+        "noise": 0.03 * torch.randn(n, generator=g, dtype=torch.float64),
+    }
+    mixture = sum(sources.values()).float()[None]
+    stems = separate(mixture, rate, "radio-fft", seed=0).stems
+    assert si_sdr_db(stems["primary"], sources["primary"]) >= 21.5
+    assert si_sdr_db(stems["secondary"], sources["secondary"]) >= 18.5

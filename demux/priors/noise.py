@@ -6,12 +6,16 @@
 - ``minimum``: minimum statistics (Martin 2001) reduced to its core: a low
   percentile of the power over the group's coefficients, bias-corrected for the
   exponential distribution of a periodogram bin.
+- ``tracked``: minimum statistics over time (Martin 2001): per group and frame, the
+  recursively smoothed power, its minimum over a sliding window, times Martin's bias
+  factor ``B_min(D, Q_eq)``; a floor that follows noise whose level changes.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -74,3 +78,78 @@ def _chi2_1_quantile(q: float) -> float:
     from scipy.stats import chi2
 
     return float(chi2.ppf(q, 1))
+
+
+SMOOTH_S = 0.05  # time constant of the tracker's smoothing (Martin's alpha = 0.85 at a 8 ms hop)
+
+# Martin (2001), Table III: M(D) in the bias of the minimum of D smoothed periodograms
+_MARTIN_D = (1, 2, 5, 8, 10, 15, 20, 30, 40, 60, 80, 120, 140, 160)
+_MARTIN_M = (0.0, 0.26, 0.48, 0.58, 0.61, 0.668, 0.705, 0.762, 0.8, 0.841, 0.865, 0.89, 0.9, 0.91)
+
+
+def group_frame_mean(power: Tensor, group: Tensor, frame: Tensor, n_groups: int, n_frames: int) -> Tensor:
+    """Mean power of each (group, frame) cell.
+
+    Args:
+        power: ``(batch, Kf)`` coefficient power.
+        group: ``(Kf,)`` int64 group of each coefficient, in ``[0, G)``.
+        frame: ``(Kf,)`` int64 frame of each coefficient, in ``[0, N)``.
+
+    Returns:
+        ``(batch, G, N)``; empty cells are 0.
+    """
+    cell = group * n_frames + frame
+    total = power.new_zeros(power.shape[0], n_groups * n_frames).index_add_(1, cell, power)
+    count = torch.bincount(cell, minlength=n_groups * n_frames).clamp(min=1).to(power.dtype)
+    return (total / count).view(-1, n_groups, n_frames)
+
+
+def minimum_bias(window: int, dof: float) -> float:
+    """Martin's (2001, eq. 17) bias of the minimum of ``window`` smoothed periodograms.
+
+    Args:
+        window: ``D``, frames the minimum is taken over (>= 1).
+        dof: ``Q_eq``, equivalent degrees of freedom of one smoothed value
+            (``2 E[P]^2 / Var[P]``; 2 for a raw complex periodogram bin).
+
+    Returns:
+        ``B_min >= 1``: the mean noise power over the expected minimum.
+    """
+    m = float(np.interp(window, _MARTIN_D, _MARTIN_M))  # beyond the table: its last value
+    q = (dof - 2.0 * m) / (1.0 - m)
+    return 1.0 + (window - 1) * 2.0 / q
+
+
+def tracked_log_variance(cells: Tensor, *, window: int, alpha: float, dof: float) -> Tensor:
+    """Minimum-statistics noise floor over time (Martin 2001, with a fixed smoothing constant).
+
+    ``P[n] = alpha P[n-1] + (1 - alpha) cells[n]``, ``P[-1]`` the mean of the first ``window``
+    frames (not one frame's value: a transform's edge frames hold part of a frame's
+    signal, and a start at one of them drags the floor down for a window), then the minimum of
+    ``P`` over the ``window`` frames centred on ``n`` (offline: a step in the noise level is
+    followed within half a window on either side, where the causal tracker lags a whole
+    window), times :func:`minimum_bias` for the frames that window holds (fewer at the ends).
+
+    Args:
+        cells: ``(batch, G, N)`` power per group and frame (:func:`group_frame_mean`).
+        window: ``D``, frames of the sliding minimum (>= 1).
+        alpha: smoothing constant in [0, 1).
+        dof: ``Q_eq`` of one value of ``cells`` before smoothing (2 for one complex bin;
+            the smoothing multiplies it by ``(1 + alpha) / (1 - alpha)``).
+
+    Returns:
+        ``(batch, G, N)`` natural log of the noise variance, in the units of ``cells``.
+    """
+    smoothed = torch.empty_like(cells)
+    state = cells[..., :window].mean(-1)
+    for n in range(cells.shape[-1]):  # a first-order recursion: frames are a few hundred
+        state = alpha * state + (1.0 - alpha) * cells[..., n]
+        smoothed[..., n] = state
+    B, G, N = cells.shape
+    half = window // 2
+    padded = torch.nn.functional.pad(smoothed.reshape(B * G, 1, N), (half, window - 1 - half), value=float("inf"))
+    low = -torch.nn.functional.max_pool1d(-padded, window, stride=1).view(B, G, N)
+    held = [min(n + window - half, N) - max(n - half, 0) for n in range(N)]
+    q = dof * (1.0 + alpha) / (1.0 - alpha)
+    bias = torch.tensor([minimum_bias(d, q) for d in held], dtype=cells.dtype, device=cells.device)
+    return torch.log(low * bias + 1e-12)
