@@ -153,3 +153,17 @@ def tracked_log_variance(cells: Tensor, *, window: int, alpha: float, dof: float
     q = dof * (1.0 + alpha) / (1.0 - alpha)
     bias = torch.tensor([minimum_bias(d, q) for d in held], dtype=cells.dtype, device=cells.device)
     return torch.log(low * bias + 1e-12)
+
+
+def tracked_log_variance_s(cells: Tensor, *, hop_s: float, track_s: float, dof: float) -> Tensor:
+    """:func:`tracked_log_variance` with its window and smoothing in seconds.
+
+    Args:
+        cells: ``(B, G, N)`` power per group and frame, frames ``hop_s`` seconds apart.
+        track_s: the minimum's window, seconds (at least one frame).
+        dof: as in :func:`tracked_log_variance`.
+
+    Returns:
+        ``(B, G, N)`` natural log of the tracked noise variance.
+    """
+    return tracked_log_variance(cells, window=max(1, round(track_s / hop_s)), alpha=math.exp(-hop_s / SMOOTH_S), dof=dof)
