@@ -11,8 +11,8 @@ The real-time factor per recipe is ``bench_speed.py``'s.
   ``demux separate``'s defaults (30 s segments, overlap 0.1, one chunk a batch), for 1 and 60
   minutes (0.5 and 2 with ``quick``), on one torch thread (on this 2-core machine two threads
   run these 1.3 M-sample chunks about 6 times slower). Each length runs in a fresh
-  subprocess; its peak resident set is the ``ru_maxrss`` of that child as ``os.wait4``
-  reports it, beside what the child held before separating (interpreter, torch) and the
+  subprocess; its peak resident set is the child's own ``VmHWM`` (``/proc/self/status``,
+  the peak of its address space since ``exec``), beside what the child held before separating (interpreter, torch) and the
   size of the whole signal as float32, which is never held.
 - **Chunked vs whole-file SDR** on the ``multitone`` scenario (stationary tones, 60 s, 30 s
   with ``quick``) for each of :data:`CHUNKING_RECIPES`: BSS-Eval SDR over its sources (median,
@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -95,8 +94,6 @@ def write_long_input(path: Path, minutes: float) -> Path:
 
 def _memory_child(path: str, out: str) -> None:
     """In the measured subprocess: ``demux separate``'s item path on ``path``; what it held before, as JSON."""
-    import resource
-
     from demux.batch import Item, Options, separate_item
     from demux.io import open_signal
     from demux.recipe import load_recipe
@@ -104,14 +101,27 @@ def _memory_child(path: str, out: str) -> None:
     torch.set_num_threads(MEMORY_THREADS)
     recipe = load_recipe(MEMORY_RECIPE, list(MEMORY_OVERRIDES))
     options = Options(out=Path(out), segment=SEGMENT, overlap=OVERLAP, batch_size=BATCH_SIZE)
-    before_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    before_mb = _own_peak_rss_mb()
     start = time.perf_counter()
     separate_item(Item(Path(path), "long", Path(out) / "long"), recipe, options, resume=False)
     source = open_signal(path)
     record = json.loads((Path(out) / "long" / "demux.json").read_text())
-    print(json.dumps({"before_mb": before_mb, "file_mb": Path(path).stat().st_size / 2**20,
+    print(json.dumps({"before_mb": before_mb, "peak_mb": _own_peak_rss_mb(), "file_mb": Path(path).stat().st_size / 2**20,
                       "chunks": sum(len(stage["chunks"]) for stage in record["stages"]),
                       "signal_mb": source.length * source.channels * 4 / 2**20, "seconds": time.perf_counter() - start}))
+
+
+def _own_peak_rss_mb() -> float:
+    """This process's peak resident set (MiB) since its last ``exec``.
+
+    ``VmHWM`` belongs to the address space, which ``exec`` replaces; ``ru_maxrss`` does not:
+    Linux carries it over from the forked parent, so under ``python -m benchmarks`` (a parent
+    that already ran ``demux bench``) every child reported the parent's 2.5 GiB.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError("no VmHWM in /proc/self/status: peak memory is measured on Linux only")
 
 
 def _peak_rss_mb(minutes: float) -> dict:
@@ -121,13 +131,10 @@ def _peak_rss_mb(minutes: float) -> dict:
     with tempfile.TemporaryDirectory(prefix="demux-scale-") as folder:
         path = write_long_input(Path(folder) / "long.wav", minutes)
         command = [sys.executable, "-m", "benchmarks.bench_scale", "--memory-child", str(path), str(Path(folder) / "out")]
-        child = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-        output = child.stdout.read()
-        _, status, usage = os.wait4(child.pid, 0)  # this child's rusage alone, whatever ran before it
-    child.returncode = os.waitstatus_to_exitcode(status)
+        child = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     if child.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} exited with {child.returncode}")
-    return {**json.loads(output), "peak_mb": usage.ru_maxrss / 1024}
+    return json.loads(child.stdout)
 
 
 def peak_memory(quick: bool) -> list[dict]:

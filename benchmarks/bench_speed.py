@@ -6,7 +6,7 @@ For each built-in recipe, on ``THREADS`` torch threads (the target machine has 2
   of seed 0; :data:`SCENARIO_FOR` where a recipe has several, the first scenario naming
   the recipe otherwise), or 10 s of noise plus tones at the recipe's rate
   (:func:`benchmarks.bench_scale.noise_and_tones`) when no scenario names it or its
-  recordings are absent. Radio I/Q at 1 MHz runs :data:`SHORT_S` seconds instead.
+  recordings are absent (radio-iq too: 10 s of 1 MHz I/Q).
   audio-stft runs twice more: 10 s of 44.1 kHz stereo (the ``music`` scenario, which it
   serves without resampling) and that with ``demux bench --quick``'s iteration counts;
 - **RTF** is the median over ``repeats`` runs (3, 1 with ``quick``) of the wall seconds of
@@ -38,8 +38,6 @@ import torch
 from benchmarks.bench_scale import RESULTS, THREADS, natural_rate, noise_and_tones
 
 SECONDS = 10.0
-#: Radio I/Q is sampled at 1 MHz: a 10 s fit would take tens of minutes.
-SHORT_S = {"radio-iq": 0.05}
 #: The scenario timed for recipes that several scenarios use.
 SCENARIO_FOR = {"audio-stft": "speech-noise"}
 GOAL_RECIPE, GOAL_X = "audio-stft", 100.0
@@ -126,7 +124,7 @@ def run(quick: bool, threads: int = THREADS) -> list[dict]:
     try:
         rows = []
         for name in builtin_names():
-            signal, rate, what = _signal(name, SHORT_S.get(name, SECONDS))
+            signal, rate, what = _signal(name, SECONDS)
             rows.append(measure(name, signal=signal, rate=rate, what=what, overrides=(), repeats=repeats))
             if name == GOAL_RECIPE:
                 music = make("music", np.random.default_rng(0), seconds=SECONDS)

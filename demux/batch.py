@@ -5,8 +5,8 @@ written under a temporary name and renamed, and ``demux.json`` is written last:
 it marks the item complete, so a batch that was killed resumes where it stopped
 (complete items are skipped, incomplete ones are redone and their leftover
 temporary files removed). :func:`run` processes items one after another, in
-worker processes (``jobs > 1``) or as tasks of a Dask cluster (``scheduler``); in a
-batch a failing item does not stop the others.
+worker processes (``jobs > 1``, which end with a killed batch) or as tasks of a Dask
+cluster (``scheduler``); in a batch a failing item does not stop the others.
 
 With ``Options.segment`` (the default) a file is read, separated and written a chunk
 at a time (:func:`demux.io.open_signal`, :func:`demux.pipeline.separate_chunks`,
@@ -18,10 +18,11 @@ then holds the first chunk's masks (a long file's whole masks would not fit wher
 signal does not have to), and ``demux.json`` every chunk's fit report. Without
 ``segment`` (and online) the file is read whole.
 
-Across files: in a batch run one item at a time (``jobs=1``, no scheduler) with
-``batch_size > 1``, inputs of one length, rate and channel count are separated together,
-up to ``batch_size`` files a group, each fit batch holding chunks of every file of the
-group (:func:`_groups`, :func:`_separate_jobs`); each file's stems, ``masks.npz`` and
+Across files: in a batch with ``batch_size > 1``, inputs of one length, rate and
+channel count are separated together, up to ``batch_size`` files a group, each fit batch
+holding chunks of every file of the group (:func:`_groups`, :func:`_separate_jobs`); a
+group is one unit of work, run here, in a worker process or as a Dask task alike, so its
+stems do not depend on ``jobs`` or the scheduler. Each file's stems, ``masks.npz`` and
 ``demux.json`` are still its own, written and resumed as a lone item's.
 """
 
@@ -104,7 +105,7 @@ class Options:
     overrides: tuple[str, ...] = ()
     segment: float | None = 30.0  # seconds per chunk of a long input; None (or 0 when given): the whole file
     overlap: float = 0.1  # the chunks' overlap, a fraction of ``segment``
-    batch_size: int = 1  # chunks fitted together, of one file or (a batch, jobs=1) of equal-length files
+    batch_size: int = 1  # chunks fitted together, of one file or (in a batch) of equal-length files
     online: tuple[float, float] | None = None  # (window, hop) seconds: sliding warm-started fits
 
     def __post_init__(self):
@@ -220,24 +221,25 @@ def run(
         batch: resume (skip complete items) and keep going past failing items,
             which come back as ``failed`` results; otherwise the first error raises.
         jobs: worker processes (``spawn``), each with ``cpu_count // jobs`` torch
-            threads. Each item is fitted alone, so the stems are those of
-            ``jobs=1`` (bit for bit while torch's reductions do not split by
-            thread count, true of tensors below its 32768-element grain).
-            With ``jobs=1`` in a batch, ``options.batch_size > 1`` fits the chunks
-            of equal-length files together (:func:`_groups`), whose stems then differ
-            from these (and from their workers' with ``jobs > 1`` or a scheduler, where
-            each item is fitted alone, ``batch_size`` of its own chunks at a time) by
-            the dropout draws of their place in the batch (:func:`_separate_jobs`).
-            With ``scheduler="local"``: the local cluster's worker processes.
+            threads, each taking one group of :func:`_groups` at a time (one item,
+            or in a batch with ``options.batch_size > 1`` up to that many inputs of
+            one shape, fitted together by :func:`_attempt_group`). The groups and
+            their fits are those of ``jobs=1``, so are the stems (bit for bit while
+            torch's reductions do not split by thread count, true of tensors below
+            its 32768-element grain). A group's stems differ from its items' fitted
+            alone by the dropout draws of their place in the batch
+            (:func:`_separate_jobs`). With ``scheduler="local"``: the local
+            cluster's worker processes.
         scheduler: a Dask scheduler address (``tcp://host:port``) to submit each
-            item to as one task running :func:`separate_item`, or ``"local"`` to
+            group to as one task running :func:`_attempt_group`, or ``"local"`` to
             start a ``LocalCluster`` here; ``None``: no cluster. Needs the
             ``distributed`` package (``pip install 'demux[distributed]'``); the
             workers must see the inputs and the output folder at the same paths
-            (they are made absolute).
+            (they are made absolute); grouping reads the inputs' headers here.
         on_stage: called with an item and a stage name before the stage runs
-            (only with ``jobs=1`` and no scheduler: workers do not report stages; of
-            a group of files fitted together, with the group's first item).
+            (only when the groups run here: ``jobs=1`` or a single group, no
+            scheduler; workers do not report stages; of a group of files fitted
+            together, with the group's first item).
         on_result: called in this process as each item ends, in completion order.
 
     Returns:
@@ -254,9 +256,10 @@ def run(
     report = on_result or (lambda _result: None)
     if scheduler is not None:
         return _run_distributed(items, recipe, options, batch=batch, jobs=jobs, scheduler=scheduler, report=report)
-    if jobs == 1 or len(items) < 2:
+    groups = _groups(items, options, batch=batch)
+    if jobs == 1 or len(groups) < 2:
         results: dict[Item, ItemResult] = {}
-        for group in _groups(items, options, batch=batch):
+        for group in groups:
             stage = (lambda name, item=group[0]: on_stage(item, name)) if on_stage else None
             if batch:
                 done = _attempt_group(group, recipe, options, on_stage=stage)
@@ -266,10 +269,10 @@ def run(
                 report(result)
                 results[result.item] = result
         return [results[item] for item in items]
-    return _run_parallel(items, recipe, options, batch=batch, jobs=jobs, report=report)
+    return _run_parallel(items, groups, recipe, options, batch=batch, jobs=jobs, report=report)
 
 
-def _run_parallel(items, recipe, options, *, batch, jobs, report) -> list[ItemResult]:
+def _run_parallel(items, groups, recipe, options, *, batch, jobs, report) -> list[ItemResult]:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
@@ -277,37 +280,38 @@ def _run_parallel(items, recipe, options, *, batch, jobs, report) -> list[ItemRe
     threads = max(1, (os.cpu_count() or 1) // jobs)
     context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools and locks
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
-        futures = {pool.submit(_attempt, item, recipe, options, batch): i for i, item in enumerate(items)}
+        futures = {pool.submit(_attempt_group, group, recipe, options, batch): group for group in groups}
         try:
-            results = _gather(as_completed(futures), futures, items, batch=batch, report=report,
-                              result_of=lambda future, item: future.result(), died=BrokenProcessPool)
+            results = _gather(as_completed(futures), futures, batch=batch, report=report,
+                              result_of=lambda future, group: future.result(), died=BrokenProcessPool)
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
-    return [results[i] for i in range(len(items))]
+    return [results[item] for item in items]
 
 
-def _gather(completed, futures, items, *, batch, report, result_of, died) -> dict[int, ItemResult]:
-    """Results of ``futures`` (future -> item index) as they complete; a dead worker fails its item.
+def _gather(completed, futures, *, batch, report, result_of, died) -> dict[Item, ItemResult]:
+    """Results of ``futures`` (future -> its group of items) as they complete; a dead worker fails its group.
 
     Outside a batch the first failure is raised, as a lone file's error is.
     """
-    results: dict[int, ItemResult] = {}
+    results: dict[Item, ItemResult] = {}
     for future in completed:
-        index = futures[future]
+        group = futures[future]
         try:
-            result = result_of(future, items[index])
+            done = result_of(future, group)
         except died:
-            result = ItemResult(items[index], "failed", f"{items[index].input}: its worker process died")
-        if not batch and result.status == "failed":
-            raise DemuxError(result.message)
-        report(result)
-        results[index] = result
+            done = [ItemResult(item, "failed", f"{item.input}: its worker process died") for item in group]
+        for result in done:
+            if not batch and result.status == "failed":
+                raise DemuxError(result.message)
+            report(result)
+            results[result.item] = result
     return results
 
 
 def _run_distributed(items, recipe, options, *, batch, jobs, scheduler, report) -> list[ItemResult]:
-    """:func:`_attempt` per item as tasks of a Dask cluster; results as :func:`_run_parallel` gives them."""
+    """:func:`_attempt_group` per group as tasks of a Dask cluster; results as :func:`_run_parallel` gives them."""
     try:
         from distributed import KilledWorker, as_completed
     except ImportError:
@@ -316,19 +320,23 @@ def _run_distributed(items, recipe, options, *, batch, jobs, scheduler, report) 
         ) from None
     if scheduler != LOCAL_SCHEDULER and jobs != 1:
         raise ParameterError(f"--jobs {jobs} with --scheduler {scheduler}: the cluster's own workers run the items")
+    groups = _groups(items, options, batch=batch)
+    order = {item: i for i, item in enumerate(items)}
     with _client(scheduler, jobs) as client:
         # workers need not share this process's working folder, only its file system
         futures = {
-            client.submit(_attempt, _absolute(item), recipe, options, batch, pure=False, key=f"demux-{i}-{item.track}"): i
-            for i, item in enumerate(items)
+            client.submit(_attempt_group, [_absolute(item) for item in group], recipe, options, batch, pure=False,
+                          key=f"demux-{order[group[0]]}-{group[0].track}"): group
+            for group in groups
         }
         try:
-            results = _gather(as_completed(futures), futures, items, batch=batch, report=report,
-                              result_of=lambda future, item: _as_given(future.result(), item), died=KilledWorker)
+            results = _gather(as_completed(futures), futures, batch=batch, report=report, died=KilledWorker,
+                              result_of=lambda future, group: [_as_given(result, item) for result, item
+                                                               in zip(future.result(), group, strict=True)])
         except BaseException:
             client.cancel(list(futures))
             raise
-    return [results[i] for i in range(len(items))]
+    return [results[item] for item in items]
 
 
 @contextmanager
@@ -352,9 +360,21 @@ def _client(scheduler: str, jobs: int):
 
 
 def _init_worker(threads: int) -> None:
+    """A pool worker: ``threads`` torch threads, and gone as soon as the process that started it is.
+
+    A parent killed outright (SIGKILL) cannot stop its pool: its workers would finish the
+    groups queued to them and write their outputs beside the resumed run's, then wait forever.
+    """
+    import multiprocessing
+    import threading
+    from multiprocessing.connection import wait
+
     import torch
 
     torch.set_num_threads(threads)
+    parent = multiprocessing.parent_process()
+    if parent is not None:  # readable once the parent has died
+        threading.Thread(target=lambda: (wait([parent.sentinel]), os._exit(1)), daemon=True).start()
 
 
 def _attempt(item: Item, recipe: Recipe, options: Options, resume: bool, on_stage=None) -> ItemResult:
@@ -432,14 +452,17 @@ def _groups(items: list[Item], options: Options, *, batch: bool) -> list[list[It
     return sorted(groups, key=lambda group: order[group[0]])
 
 
-def _attempt_group(items: list[Item], recipe: Recipe, options: Options, on_stage=None) -> list[ItemResult]:
+def _attempt_group(items: list[Item], recipe: Recipe, options: Options, resume: bool = True,
+                   on_stage=None) -> list[ItemResult]:
     """:func:`_attempt` for inputs of one shape whose chunks are fitted together (see :func:`_groups`).
 
-    If the group's fit fails, its items are redone one at a time, so that each file's
-    own error (or its stems) comes back as a lone item's would.
+    One unit of work, here or in a worker (results in the order of ``items``). If the
+    group's fit fails, its items are redone one at a time, so that each file's own
+    error (or its stems) comes back as a lone item's would. Only a group of one is
+    attempted outside a batch (``resume=False``).
     """
     if len(items) == 1:
-        return [_attempt(items[0], recipe, options, True, on_stage=on_stage)]
+        return [_attempt(items[0], recipe, options, resume, on_stage=on_stage)]
     results, jobs = {}, []
     for item in items:
         try:

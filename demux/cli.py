@@ -74,21 +74,25 @@ def separate(
     device: str = typer.Option("cpu", "--device", "-d", help="cpu or cuda."),
     fmt: str = typer.Option(None, "--format", help="wav, flac or npy (default: the input's format, else wav)."),
     rate: float = typer.Option(None, "--rate", help="Sample rate in Hz for inputs that carry none (.npy, raw IQ)."),
-    jobs: int = typer.Option(1, "--jobs", "-j", help="Items separated side by side, in worker processes."),
+    jobs: int = typer.Option(
+        1, "--jobs", "-j", help="Items (groups of them with --batch-size) separated side by side, in worker processes."
+    ),
     segment: float = typer.Option(
         30.0, "--segment", help="Read, separate and write inputs in chunks of this many seconds, cross-faded "
         "(memory stays flat however long the file); 0: the whole file at once."
     ),
     overlap: float = typer.Option(0.1, "--overlap", help="The chunks' overlap, a fraction of --segment (0 to 0.5)."),
     batch_size: int = typer.Option(
-        1, "--batch-size", help="Chunks fitted together as one batch: of one input, or in a batch with --jobs 1, "
-        "of up to this many inputs of one length (more pays off on a GPU; demux.json says batched_with)."
+        1, "--batch-size", help="Chunks fitted together as one batch: of one input, or in a batch of up to this "
+        "many inputs of one length, each group one unit of --jobs or --scheduler work, so the stems do not depend "
+        "on them (more pays off on a GPU; demux.json says batched_with)."
     ),
     online: bool = typer.Option(False, "--online", help="Slide warm-started fits over windows (needs --window, --hop)."),
     window: float = typer.Option(None, "--window", help="Online window, seconds."),
     hop: float = typer.Option(None, "--hop", help="Online hop between windows, seconds."),
     scheduler: str = typer.Option(
-        None, "--scheduler", help="Dask scheduler (tcp://HOST:PORT) to run each item on, or 'local' for --jobs local workers."
+        None, "--scheduler", help="Dask scheduler (tcp://HOST:PORT) to run each item (or --batch-size group) on, "
+        "or 'local' for --jobs local workers."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing stems (else a batch skips complete items)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors."),
@@ -146,10 +150,44 @@ def separate(
         results = run(items, resolved, options, batch=batch, jobs=jobs, scheduler=scheduler, on_stage=on_stage,
                       on_result=on_result)
     console.print(_results_table(results, f"demux separate --recipe {resolved.name} -> {out}"))
+    for line in _found_summary(results):
+        console.print(line, highlight=False, soft_wrap=True)
     failed = sum(r.status == "failed" for r in results)
     if failed:
         typer.echo(f"demux: {failed} of {len(results)} items failed", err=True)
         raise typer.Exit(1)
+
+
+def _found_summary(results) -> list[str]:
+    """One line per separated item whose priors found something in it (directions, beats, lines...),
+    read back from its demux.json: ``track: stage.source key=value ...``; of a chunked or online
+    run, the first chunk's or window's (the line says so), beat times left out."""
+    import json
+
+    from demux.batch import PROVENANCE
+
+    lines = []
+    for r in results:
+        path = r.item.out_dir / PROVENANCE
+        if r.status != "done" or not path.is_file():
+            continue
+        document = json.loads(path.read_text())
+        online = "windows" in document
+        stages = document["windows"][0]["stages"] if online and document["windows"] else document.get("stages", [])
+        parts, seen = [], set()
+        for stage in stages:
+            if stage["name"] in seen:
+                continue
+            seen.add(stage["name"])
+            n = sum(len(s["loss"]) for s in stages if s["name"] == stage["name"])
+            found = [f"{stage['name']}.{source} " + " ".join(f"{key}={json.dumps(v[0])}" for key, v in values.items()
+                                                            if key != "beat_times_s")
+                     for source, values in (stage.get("found") or {}).items()]
+            if found:
+                parts.append(", ".join(found) + (f" (first of {n} chunks)" if n > 1 else ""))
+        if parts:
+            lines.append(f"{r.item.track}: " + ", ".join(parts) + (" (first window)" if online else ""))
+    return lines
 
 
 def _results_table(results, title: str):
@@ -216,7 +254,8 @@ def recipes_validate(files: list[str] = typer.Argument(..., help="Recipe files o
 
     for file in files:
         recipe = load_recipe(file)
-        typer.echo(f"ok: {file} ({len(recipe.stages)} stages; stems: {', '.join(recipe.sources())})")
+        stems = [f"{name} = {' + '.join(parts)}" for name, parts in recipe.stems.items()] or recipe.sources()
+        typer.echo(f"ok: {file} ({len(recipe.stages)} stages; stems: {', '.join(stems)})")
 
 
 # --------------------------------------------------------------------------- evaluate

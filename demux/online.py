@@ -47,6 +47,7 @@ from demux.pipeline import (
     WarmStart,
     as_batched,
     build_stage_transform,
+    group_stems,
     run_stage,
     served_rate,
     stage_inputs,
@@ -280,7 +281,7 @@ class _OnlineRun:
         return piece
 
     def _fit(self, x: Tensor, start: int) -> tuple[dict[str, Tensor], WindowReport]:
-        """Every stage of the recipe on one window ``(batch, channel, length)``, warm-started."""
+        """Every stage of the recipe on one window ``(batch, channel, length)``, warm-started; its output stems."""
         began = time.perf_counter()
         stems: dict[str, Tensor] = {"mixture": x}
         reports = []
@@ -294,7 +295,7 @@ class _OnlineRun:
             reports.append(report)
         if x.is_cuda:  # kernels run asynchronously: count them in the latency
             torch.cuda.synchronize(x.device)
-        return stems, WindowReport(start, x.shape[-1], time.perf_counter() - began, reports)
+        return group_stems(self.recipe, stems), WindowReport(start, x.shape[-1], time.perf_counter() - began, reports)
 
     def _forget(self, previous: tuple[WarmStart, Tensor] | None, initial: Tensor, stage) -> WarmStart | None:
         """The warm start of a stage: what its last fit learned beyond its data, forgotten by ``beta``."""

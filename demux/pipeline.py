@@ -13,12 +13,15 @@ The forward pass reads as the pipeline::
 A recipe's first stage splits the mixture; each later stage splits one stem of an
 earlier stage further (a tree: sub-stems sum to their parent). Stems that are not
 split pass through. With softmax masks every stage's stems sum to its input, so
-the final stems sum to the mixture up to the transforms' round-trip error.
+the final stems (the leaves) sum to the mixture up to the transforms' round-trip
+error. A recipe's ``stems`` then sums leaves into its output stems
+(:func:`group_stems`), which still sum to the mixture.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -31,9 +34,9 @@ from demux.chunks import OverlapAdd, plan_chunks
 from demux.errors import ParameterError, RecipeError
 from demux.model import ModelInputs, SourceBlocks, VarianceModel
 from demux.priors.combine import apply_locks
-from demux.priors.harmonic import comb_log_odds, track_f0
+from demux.priors.harmonic import comb_log_odds, f0_summary, track_f0
 from demux.priors.learned import load_offsets
-from demux.priors.lines import find_lines, line_signal, multipath_lines
+from demux.priors.lines import find_lines, line_signal, line_snr_db, multipath_lines
 from demux.priors.noise import noise_log_variance
 from demux.priors.support import band_membership, direction_membership, level_membership, support_log_odds
 from demux.recipe import Recipe, check_against_signal, load_recipe
@@ -94,15 +97,17 @@ class StageReport:
     trajectory: dict
     energy_share: dict[str, list[float]]  # per source, per item: share of the input's power kept
     chunks: list[int] | None = None  # which chunks (of a chunked signal, across the batch) the items are
+    # per source, what its priors found in the input (directions, beats, lines...): key -> per-item values
+    found: dict[str, dict[str, list]] = field(default_factory=dict)
     masks: StageMasks | None = field(default=None, repr=False)  # not in demux.json: written as masks.npz
     end: WarmStart | None = field(default=None, repr=False)  # not in demux.json: for warm starts
 
     def select(self, items: Iterable[int]) -> StageReport:
         """This report about some ``items`` of its batch only (e.g. one input's chunks of a batch over inputs).
 
-        Per-item values (losses, statuses, energy shares, the trajectory's per-step values,
-        masks) are picked; ``seconds``, ``n_iter``, ``chunks`` and the trajectory's steps
-        are the batch's; the warm-start ``end`` is left out.
+        Per-item values (losses, statuses, energy shares, what the priors found, the
+        trajectory's per-step values, masks) are picked; ``seconds``, ``n_iter``, ``chunks``
+        and the trajectory's steps are the batch's; the warm-start ``end`` is left out.
         """
         items = list(items)
 
@@ -114,6 +119,8 @@ class StageReport:
         masks = None if self.masks is None else dataclasses.replace(self.masks, masks=self.masks.masks[items])
         return dataclasses.replace(self, loss=pick(self.loss), status=pick(self.status), trajectory=trajectory,
                                    energy_share={name: pick(v) for name, v in self.energy_share.items()},
+                                   found={name: {key: pick(v) for key, v in values.items()}
+                                          for name, values in self.found.items()},
                                    masks=masks, end=None)
 
 
@@ -274,7 +281,23 @@ def _run_stages(recipe: Recipe, x: Tensor, rate: float, *, seed: int, on_stage, 
             carry[index] = (report.end, initial)
         stems.update(out)
         reports.append(report)
-    return stems, reports
+    return group_stems(recipe, stems), reports
+
+
+def group_stems(recipe: Recipe, leaves: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The recipe's output stems from its leaf stems: each the sum of the leaves ``recipe.stems`` lists.
+
+    Args:
+        recipe: its ``stems`` maps output name -> leaf names (validated: every leaf once).
+        leaves: leaf name -> ``(batch, channel, time)`` (any shape, alike across leaves).
+
+    Returns:
+        Output name -> a tensor of that shape (a sum, so gradients flow), in ``stems``'s
+        order; without ``stems``, ``leaves`` itself (a one-leaf group is that leaf's tensor).
+    """
+    if not recipe.stems:
+        return leaves
+    return {name: functools.reduce(torch.add, [leaves[leaf] for leaf in parts]) for name, parts in recipe.stems.items()}
 
 
 def _carried(previous: tuple[WarmStart, Tensor] | None, initial: Tensor) -> WarmStart | None:
@@ -427,7 +450,9 @@ def run_stage(stage: StageSpec, x: Tensor, sample_rate: float, *, seed: int, rec
     except ParameterError as error:  # e.g. a wavelet level deeper than this signal allows
         raise RecipeError(recipe_source, f"stages.{stage.name}.transform", str(error)) from None
     Cc, K = coeffs.shape[1], tuple(coeffs.shape[2:])  # Cc: components or beams for transforms over channels
-    inputs, per_channel = stage_inputs(stage, coeffs.detach(), transform, T, recipe_source, learned=learned)
+    found: dict[str, dict[str, list]] = {}
+    inputs, per_channel = stage_inputs(stage, coeffs.detach(), transform, T, recipe_source, learned=learned,
+                                       found=found)
     names = list(stage.sources)
     model = stage_model(stage, dataclasses.replace(inputs, learned=inputs.learned.detach()))
     config = dataclasses.replace(stage.fit, seed=stage.fit.seed + seed)
@@ -469,6 +494,7 @@ def run_stage(stage: StageSpec, x: Tensor, sample_rate: float, *, seed: int, rec
         status=summary["status"],
         trajectory={key: [step[key] for step in steps] for key in (steps[0] if steps else {})},
         energy_share={name: [float(v) for v in share[:, s]] for s, name in enumerate(names)},
+        found=found,
         masks=None if per_channel or len(K) > 2 else _stage_masks(names, masks, transform.grid(T)),
         end=_warm_start(result, config),
     )
@@ -521,13 +547,15 @@ def _stage_masks(names: list[str], masks: Tensor, grid) -> StageMasks:
 
 
 def stage_inputs(stage: StageSpec, coeffs: Tensor, transform: Transform, length: int, recipe_source: str, *,
-                 learned: dict[str, Tensor] | None = None):
+                 learned: dict[str, Tensor] | None = None, found: dict | None = None):
     """Fixed inputs of a stage's fit: normalised power, prior log-odds, locks, groups, anchors.
 
     Args:
         coeffs: ``(batch, channel, *K)`` coefficients.
         learned: ``"stage.source"`` -> ``(G,)`` offsets used instead of that source's
             ``learned`` file (a gradient they carry is kept).
+        found: filled in with what the priors found in ``coeffs``, per source name: key ->
+            per-item values (``StageReport.found``; README's command-line tour lists the keys).
 
     Returns:
         ``(ModelInputs, per_channel)``; ``per_channel`` is True for transforms over
@@ -570,7 +598,8 @@ def stage_inputs(stage: StageSpec, coeffs: Tensor, transform: Transform, length:
     anchor = torch.zeros(B, S, n_groups, device=p.device)
     members: list[Tensor] = []  # per source: (Kf,) or, with component rules, (B, Kf)
     offsets = torch.zeros(S, n_groups, device=p.device)
-    arrival = _arrival_prior(stage, coeffs, transform, recipe_source)  # (B, S, Kf), or None without arrivals
+    found = {} if found is None else found
+    arrival = _arrival_prior(stage, coeffs, transform, recipe_source, found)  # (B, S, Kf), or None without arrivals
     for s, (name, src) in enumerate(stage.sources.items()):
         key = f"stages.{stage.name}.sources.{name}"
         member = torch.ones(Kf, device=p.device)
@@ -603,14 +632,17 @@ def stage_inputs(stage: StageSpec, coeffs: Tensor, transform: Transform, length:
         if src.arrival:
             prior[:, s] += arrival[:, s]
         if src.harmonic:
-            prior[:, s] += _harmonic_prior(src.harmonic, p, freq, K, per_channel, key, recipe_source)
+            prior[:, s] += _harmonic_prior(src.harmonic, p, freq, K, per_channel, key, recipe_source,
+                                           found.setdefault(name, {}))
         if src.lines:
-            prior[:, s] += _line_prior(src, transform, coeffs, length, p, scale, per_channel)
+            prior[:, s] += _line_prior(src, transform, coeffs, length, p, scale, per_channel,
+                                       found.setdefault(name, {}))
         if src.beats:
-            prior[:, s] += _beat_prior(src.beats, transform, coeffs, length, key, recipe_source)
+            prior[:, s] += _beat_prior(src.beats, transform, coeffs, length, key, recipe_source,
+                                       found.setdefault(name, {}))
         if src.activity:
             prior[:, s] += _activity_prior(src.activity, p, freq, K, per_channel, length / transform.sample_rate,
-                                           coeffs.is_complex(), key, recipe_source)
+                                           coeffs.is_complex(), key, recipe_source, found.setdefault(name, {}))
         if src.lock:
             locks[s] = band_membership(freq, [(b.lo, b.hi, b.edge) for b in src.lock], resolution_hz=width) > 0.5
             support[s] = torch.maximum(support[s], locks[s].float())
@@ -750,8 +782,13 @@ def _neighbourhood_mean(power: Tensor, shape: tuple[int, ...], size: int) -> Ten
     return out.reshape(B, -1)
 
 
-def _arrival_prior(stage: StageSpec, coeffs: Tensor, transform: Transform, recipe_source: str) -> Tensor | None:
-    """``(B, S, Kf)`` direction-of-arrival log-odds of the sources with an ``arrival`` (zeros for the others)."""
+def _arrival_prior(stage: StageSpec, coeffs: Tensor, transform: Transform, recipe_source: str,
+                   found: dict) -> Tensor | None:
+    """``(B, S, Kf)`` direction-of-arrival log-odds of the sources with an ``arrival`` (zeros for the others).
+
+    Records in ``found``, per source whose direction was found in the mixture, its
+    ``direction_deg`` per item (``None``: not found, the stem is silent).
+    """
     from demux.priors.direction import arrival_priors
     from demux.transforms.spatial import ArraySTFT
 
@@ -762,12 +799,15 @@ def _arrival_prior(stage: StageSpec, coeffs: Tensor, transform: Transform, recip
         name = next(n for n, src in stage.sources.items() if src.arrival)
         raise RecipeError(recipe_source, f"stages.{stage.name}.sources.{name}.arrival",
                           "a direction of arrival needs the array's geometry: transform 'array-stft'")
-    log_odds, _ = arrival_priors(
+    log_odds, used = arrival_priors(
         transform, coeffs,
         given=[src.arrival.direction if src.arrival else 0.0 for src in sources],
         phase_noise=[src.arrival.phase_noise if src.arrival else 1.0 for src in sources],
         floor=[src.outside for src in sources],
     )
+    for s, (name, src) in enumerate(stage.sources.items()):
+        if src.arrival and src.arrival.direction is None:
+            found.setdefault(name, {})["direction_deg"] = [None if d[s] is None else round(d[s], 1) for d in used]
     keep = torch.tensor([src.arrival is not None for src in sources], device=log_odds.device)
     return torch.where(keep[None, :, None, None], log_odds, 0.0).flatten(2).float()
 
@@ -798,8 +838,12 @@ def _tracked_floor(track_s: float, p: Tensor, group: Tensor, frame: Tensor, n_gr
 
 
 def _activity_prior(spec, p: Tensor, freq: Tensor, K, per_channel: bool, seconds: float, complex_coeffs: bool,
-                    key: str, recipe_source: str) -> Tensor:
-    """``(B, Kf)`` the voice-activity bias ``gamma(t)`` of each coefficient's frame (:mod:`demux.priors.activity`)."""
+                    key: str, recipe_source: str, found: dict) -> Tensor:
+    """``(B, Kf)`` the voice-activity bias ``gamma(t)`` of each coefficient's frame (:mod:`demux.priors.activity`).
+
+    Records in ``found`` the ``active_fraction`` per item: the share of frames whose
+    speech presence is above 1/2.
+    """
     from demux.priors.activity import activity_bias, bin_log_likelihood_ratio, speech_presence
     from demux.priors.noise import tracked_log_variance_s
 
@@ -815,24 +859,35 @@ def _activity_prior(spec, p: Tensor, freq: Tensor, K, per_channel: bool, seconds
     floor = tracked_log_variance_s(spec_power, hop_s=hop_s, track_s=spec.track_s, dof=2.0 if complex_coeffs else 1.0)
     presence = speech_presence(bin_log_likelihood_ratio(spec_power, floor), in_band, threshold=spec.threshold,
                                hangover=round(spec.hangover_ms / 1e3 / hop_s))
+    found["active_fraction"] = [round(float(v), 3) for v in (presence > 0.5).double().mean(-1)]
     bias = activity_bias(presence, spec.weight)  # (B, N)
     return bias[:, None, :].expand(-1, F, -1).reshape(p.shape[0], -1)
 
 
-def _harmonic_prior(h, p: Tensor, freq: Tensor, K, per_channel: bool, key: str, recipe_source: str) -> Tensor:
+def _harmonic_prior(h, p: Tensor, freq: Tensor, K, per_channel: bool, key: str, recipe_source: str,
+                    found: dict) -> Tensor:
+    """``(B, Kf)`` log-odds of a comb on the f0 tracked in ``p``; records in ``found`` per item
+    the median voiced f0 and the voiced share of frames (:func:`demux.priors.harmonic.f0_summary`).
+    The comb is scaled by the voicing with ``h.voicing_gate``, else it holds in every frame."""
     if len(K) != 2 or per_channel:
         raise RecipeError(recipe_source, f"{key}.harmonic", "a harmonic comb needs a (freq, frame) transform such as stft")
     F, N = K
     freqs = freq.reshape(F, N)[:, 0]
     spec = p.reshape(-1, F, N)
     f0, voicing = track_f0(spec, freqs, f0_min=h.f0_min, f0_max=h.f0_max, n_harmonics=h.n_harmonics)
-    comb = comb_log_odds(freqs, f0, voicing, n_harmonics=h.n_harmonics, width=h.width, strength=h.strength)
+    found.update(_per_item(f0_summary(f0, voicing)))
+    gate = voicing if h.voicing_gate else torch.ones_like(voicing)
+    comb = comb_log_odds(freqs, f0, gate, n_harmonics=h.n_harmonics, width=h.width, strength=h.strength)
     return comb.reshape(p.shape[0], -1)
 
 
 def _line_prior(src, transform: Transform, coeffs: Tensor, length: int, p: Tensor, scale: Tensor,
-                per_channel: bool) -> Tensor:
+                per_channel: bool, found: dict) -> Tensor:
     """``(B, Kf)`` log-variance of the steady tones found in the stage's input, in the units of ``p``.
+
+    Records in ``found`` the lines kept (multipath ghosts left out, see ``paths``), per item:
+    ``lines_hz``, ``lines_snr_db`` (:func:`demux.priors.lines.line_snr_db`) and, with several
+    channels (range gates), ``lines_channel``.
 
     The tones are searched inside the source's bands (where its support is at least 1/2);
     where no tone reaches, the log-variance is ``floor_db`` below the white noise floor.
@@ -855,6 +910,8 @@ def _line_prior(src, transform: Transform, coeffs: Tensor, length: int, p: Tenso
         ghost = multipath_lines(freqs.reshape(B, C, -1), amplitudes.reshape(B, C, -1),
                                 resolution_hz=rate / length).reshape(B * C, -1)
         amplitudes = amplitudes * (ghost if spec.paths == "multipath" else ~ghost)
+    found.update(_found_lines(freqs.reshape(B, C, -1), amplitudes.reshape(B, C, -1),
+                              line_snr_db(x, amplitudes).reshape(B, C, -1)))
     tones = line_signal(freqs, amplitudes, sample_rate=rate, length=length, real=not x.is_complex())
     line_power = power(transform(tones.to(x.dtype).reshape(B, C, length))).float()
     line_power = line_power.reshape(B, -1) if per_channel else line_power.sum(1).reshape(B, -1)
@@ -863,9 +920,14 @@ def _line_prior(src, transform: Transform, coeffs: Tensor, length: int, p: Tenso
     return torch.log(line_power / scale + torch.exp(white) * 10.0 ** (-spec.floor_db / 10.0))
 
 
-def _beat_prior(spec, transform: Transform, coeffs: Tensor, length: int, key: str, recipe_source: str) -> Tensor:
-    """``(B, Kf)`` per-beat log-odds on ``spec.levels``: beats found on the ``detect_hz`` levels' reconstruction."""
-    from demux.priors.beats import beat_log_odds, find_beats
+def _beat_prior(spec, transform: Transform, coeffs: Tensor, length: int, key: str, recipe_source: str,
+                found: dict) -> Tensor:
+    """``(B, Kf)`` per-beat log-odds on ``spec.levels``: beats found on the ``detect_hz`` levels' reconstruction.
+
+    Records in ``found`` per item the beats' count, mean heart rate and times
+    (:func:`demux.priors.beats.beat_summary`).
+    """
+    from demux.priors.beats import beat_log_odds, beat_summary, find_beats
 
     if not _is_wavelet(transform):
         raise RecipeError(recipe_source, f"{key}.beats", "a beat prior needs a 'dwt' transform")
@@ -878,9 +940,29 @@ def _beat_prior(spec, transform: Transform, coeffs: Tensor, length: int, key: st
         raise RecipeError(recipe_source, f"{key}.beats.detect_hz", f"no wavelet level has its centre in {lo}-{hi} Hz")
     rate = transform.sample_rate
     beats = find_beats(transform.inverse(coeffs * keep, length), sample_rate=rate, refractory_s=spec.refractory_ms / 1e3)
+    found.update(_per_item([beat_summary(b) for b in beats]))
     return beat_log_odds(grid.time_s.reshape(-1).to(coeffs.device).double(), level, beats, sample_rate=rate,
                          levels=spec.levels, qrs_s=spec.qrs_ms / 1e3, filter_len=transform.filter_len,
                          weight=spec.weight).float()
+
+
+def _found_lines(freqs_hz: Tensor, amplitudes: Tensor, snr_db: Tensor) -> dict[str, list]:
+    """Per item, the found lines (amplitude not 0) of ``(B, C, L)`` searches as JSON-ready lists."""
+    B, C, _ = freqs_hz.shape
+    rows = []
+    for b in range(B):
+        at = [(c, k) for c in range(C) for k in torch.nonzero(amplitudes[b, c] != 0).flatten().tolist()]
+        row = {"lines_hz": [round(float(freqs_hz[b, c, k]), 2) for c, k in at],
+               "lines_snr_db": [round(float(snr_db[b, c, k]), 1) for c, k in at]}
+        if C > 1:
+            row["lines_channel"] = [c for c, _ in at]
+        rows.append(row)
+    return _per_item(rows)
+
+
+def _per_item(rows: list[dict]) -> dict[str, list]:
+    """Per-item summaries ``[{key: value}]`` -> ``{key: [value per item]}`` (``StageReport.found``)."""
+    return {key: [row[key] for row in rows] for key in rows[0]} if rows else {}
 
 
 def _mel_groups(stage: StageSpec, freq: Tensor, sample_rate: float, recipe_source: str) -> tuple[Tensor, int]:

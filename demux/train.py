@@ -2,7 +2,8 @@
 
 Data: a folder in the ``evaluate`` layout, ``DIR/<track>/mixture.<ext>`` beside
 ``DIR/<track>/<source>.<ext>`` (what ``demux synth SCENARIO -o DIR`` writes). Stems
-are matched to the recipe's final stems by name; a recipe stem without a reference in
+are matched to the recipe's output stems by name (its ``stems:`` groups, sums of leaves
+that carry the gradient to each leaf's offsets; else the leaves); a recipe stem without a reference in
 a track, and a reference the recipe has no stem for, are skipped (the result's
 ``notes`` say which). Tracks must share one sample rate; when the recipe does not
 serve it, mixtures and references are resampled once, on loading.

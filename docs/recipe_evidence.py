@@ -2,7 +2,7 @@
 
 Run by hand from the repository root (tests never run it; its outputs are committed):
 
-    .venv/bin/python docs/recipe_evidence.py [ecg] [tones] [speech] [--figures]
+    .venv/bin/python docs/recipe_evidence.py [ecg] [tones] [speech] [speech-variants] [--figures]
 
 It prints one Markdown table per recipe and, with ``--figures``, writes
 ``docs/figures/<recipe>.png``. Deterministic: every mixture comes from a fixed seed.
@@ -13,7 +13,9 @@ It prints one Markdown table per recipe and, with ``--figures``, writes
   ``.atr`` beat annotations within 50 ms.
 - ``tones-dct``: the ``multitone``, ``am`` and ``chirps`` scenarios (as ``demux bench``
   makes its items).
-- ``speech-enhance``: the ``speech-noise`` scenario at 0 and 5 dB and ``data/demo_mix.wav``.
+- ``speech-enhance``: the ``speech-noise`` scenario at 0 and 5 dB and ``data/demo_mix.wav``;
+  ``speech-variants`` (not run by default: about 20 minutes on one thread) scores variants of
+  the recipe on those and on 4 items of 10 s at 0 dB.
 
 Stems are scored against the scenario's references as ``demux bench`` maps them
 (:func:`assign`), so methods with finer or differently named stems (HPSS, audio-stft)
@@ -346,7 +348,7 @@ def tones_table(items: int = 5) -> str:
 def speech_table(items: int = 4, seconds: float = 4.0) -> str:
     methods = {
         "demux speech-enhance": lambda s, refs: demux_method("speech-enhance"),
-        "demux audio-stft (4 stems summed)": lambda s, refs: demux_method("audio-stft"),
+        "demux audio-stft (stems grouped per item by correlation)": lambda s, refs: demux_method("audio-stft"),
         "HPSS (median filtering)": lambda s, refs: baselines.hpss,
         f"bandpass {SPEECH_BAND_HZ[0]:g}-{SPEECH_BAND_HZ[1]:g} Hz": lambda s, refs: functools.partial(
             baselines.bandpass, bands={"speech": SPEECH_BAND_HZ}, residual="noise"),
@@ -364,6 +366,32 @@ def speech_table(items: int = 4, seconds: float = 4.0) -> str:
 
 
 # --------------------------------------------------------------------------- figures
+
+
+#: docs/recipes.md's speech-enhance variants, as overrides of the shipped recipe. The STFT stage
+#: alone is its `speech` summed back: the wavelet stage's masks sum to 1, so voice + hiss is it.
+SPEECH_VARIANTS = {
+    "shipped": (),
+    "the STFT stage alone": ("stems={speech: [voice, hiss], noise: [noise]}",),
+    "db4 wavelet stage, hiss on every level": ("wavelet.sources.hiss.levels=[]",),
+    "db8 wavelet stage (6 levels), hiss on every level": (
+        "wavelet.sources.hiss.levels=[]", "wavelet.transform.wavelet=db8", "wavelet.transform.level=6"),
+}
+
+
+def speech_variants_table(variants: dict = SPEECH_VARIANTS) -> str:
+    """SI-SDRi medians of the speech stem on 4 x 4 s at 0 and 5 dB, the demo, their mean, and 4 x 10 s at 0 dB."""
+    sets = {"0 dB": scenario_items("speech-noise", 4, seconds=4.0, snr_db=0.0),
+            "5 dB": scenario_items("speech-noise", 4, seconds=4.0, snr_db=5.0),
+            "demo": [demo_scenario()],
+            "10 s, 0 dB": scenario_items("speech-noise", 4, seconds=10.0, snr_db=0.0)}
+    rows = []
+    for label, overrides in variants.items():
+        method = {label: lambda s, refs, o=overrides: demux_method("speech-enhance", o)}
+        gain = {k: score_methods(its, method, only="speech")[label]["si_sdr_imp"] for k, its in sets.items()}
+        mean = float(np.mean([gain["0 dB"], gain["5 dB"], gain["demo"]]))
+        rows.append([label, gain["0 dB"], gain["5 dB"], gain["demo"], mean, gain["10 s, 0 dB"]])
+    return markdown(["variant", "0 dB", "5 dB", "demo", "mean", "10 s, 0 dB"], rows)
 
 
 def _save(fig, name: str) -> Path:
@@ -469,7 +497,7 @@ def speech_figure() -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("parts", nargs="*", choices=["ecg", "tones", "speech"], default=[])
+    parser.add_argument("parts", nargs="*", choices=["ecg", "tones", "speech", "speech-variants"], default=[])
     parser.add_argument("--figures", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -481,9 +509,11 @@ def main() -> None:
         print("## tones-dct\n\n" + tones_table() + "\n")
     if "speech" in parts:
         print("## speech-enhance\n\n" + speech_table() + "\n")
+    if "speech-variants" in parts:
+        print("## speech-enhance variants\n\n" + speech_variants_table() + "\n")
     if args.figures:
         figures = {"ecg": ecg_figure, "tones": tones_figure, "speech": speech_figure}
-        for part in parts:
+        for part in [part for part in parts if part in figures]:
             print("wrote", figures[part]().relative_to(ROOT))
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -399,6 +400,111 @@ def test_bad_files_in_a_cross_file_batch_fail_alone(tmp_path, monkeypatch):
     assert shapes == [(3, 1, 1), (1, 1, 1), (1, 1, 1), (1, 1, 1)]  # one group of 3, then each alone
     assert sorted(p.name for p in out.iterdir()) == ["item0", "item1", "item2"]
     assert temporaries(out) == []
+
+
+def test_groups_in_workers_resume_keep_going_and_give_the_jobs_1_stems(tmp_path):
+    """A killed batch resumed with --jobs 2 --batch-size 4: --jobs 1's groups, each fitted in a worker.
+
+    One spawned pool (slow to start) serves the resume, the failures and the comparison.
+    """
+    import shutil
+
+    inputs = tmp_path / "in"
+    write_mixtures(inputs, 5, seconds=0.5)
+    (inputs / "broken.wav").write_bytes(b"RIFF, and then nothing")  # unreadable: a group of its own
+    nan = sf.read(inputs / "item0.wav", dtype="float32")[0]
+    nan[100] = np.nan
+    sf.write(inputs / "nan.wav", nan, FS, subtype="FLOAT")  # the others' length: grouped, refused in its worker
+    recipe, options = load_recipe("tones-fft"), {"batch_size": 4}
+    # killed after item0 and item1 were done together, item2 half written, item3 with a stale temporary
+    killed = tmp_path / "killed"
+    done, _ = plan([inputs / "item0.wav", inputs / "item1.wav"], recipe, killed)
+    assert [r.status for r in run(done, recipe, Options(out=killed, **options), batch=True)] == ["done"] * 2
+    (killed / "item2").mkdir()
+    (killed / "item2" / "low.wav").write_bytes(b"left by a killed run")
+    (killed / "item3").mkdir()
+    (killed / "item3" / ".mid.0123456789ab.tmp.wav").write_bytes(b"half a stem")
+    outs = {jobs: shutil.copytree(killed, tmp_path / f"jobs{jobs}") for jobs in (1, 2)}
+    marks = {p.name: p.stat().st_mtime_ns for p in (outs[2] / "item1").iterdir()}
+
+    items, _ = plan([inputs], recipe, outs[1])
+    local = run(items, recipe, Options(out=outs[1], **options), batch=True)
+    assert [r.status for r in local] == ["failed", "skipped", "skipped"] + ["done"] * 3 + ["failed"]
+    result = runner.invoke(app, ["separate", str(inputs), "-r", "tones-fft", "-o", str(outs[2]), "--jobs", "2",
+                                 "--batch-size", "4"])
+    assert result.exit_code == 1, result.output
+    assert "2 of 7 items failed" in result.stderr and "broken.wav" in result.stderr and "nan.wav" in result.stderr
+    table = result.stderr[result.stderr.index("demux separate --recipe") :]
+    rows = [table.index(f"│ {item.track} ") for item in items]
+    assert rows == sorted(rows), "the summary lists items in input order, not completion order"
+    assert {p.name: p.stat().st_mtime_ns for p in (outs[2] / "item1").iterdir()} == marks  # skipped: untouched
+    assert sorted(p.name for p in outs[2].iterdir()) == [f"item{i}" for i in range(5)]
+    assert temporaries(outs[2]) == [] and (outs[2] / "item2" / "masks.npz").is_file()
+    for track in (f"item{i}" for i in range(5)):
+        records = [json.loads((out / track / "demux.json").read_text()) for out in outs.values()]
+        assert records[0]["batched_with"] == records[1]["batched_with"], track
+        stems = [stems_of(out / track) for out in outs.values()]
+        assert set(stems[0]) == set(stems[1]) == {"low", "mid", "high"}
+        for name, stem in stems[0].items():
+            assert np.array_equal(stem, stems[1][name]), (track, name)
+    # the unfinished items of one length went as one group, nan.wav with them (refused in the worker)
+    assert json.loads((outs[2] / "item2" / "demux.json").read_text())["batched_with"] == ["item3", "item4"]
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux ``/proc``)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds the workers in Linux /proc")
+def test_workers_of_a_killed_batch_stop_with_it_and_the_batch_resumes(tmp_path):
+    inputs, out = tmp_path / "in", tmp_path / "OUT"
+    write_mixtures(inputs, 8, seconds=0.5)
+    command = [sys.executable, "-m", "demux.cli", "separate", str(inputs), "-r", "tones-fft", "-o", str(out), "-q",
+               "--jobs", "2", "--batch-size", "2"]
+    log = tmp_path / "stderr.txt"  # not a pipe: workers that outlive the kill would hold it open
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=stderr)
+    deadline = time.monotonic() + 120
+    while not list(out.rglob("demux.json")):
+        assert process.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, "no item completed in 120 s"
+        time.sleep(0.005)
+    workers = _children(process.pid)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert len(workers) >= 2  # the pool's two (and multiprocessing's resource tracker)
+    deadline = time.monotonic() + 30  # else they finish the groups queued to them, then wait forever
+    try:
+        while any(_running(pid) for pid in workers):
+            assert time.monotonic() < deadline, "the workers outlived their killed parent"
+            time.sleep(0.05)
+    finally:
+        for pid in filter(_running, workers):
+            os.kill(pid, signal.SIGKILL)
+    recipe = load_recipe("tones-fft")
+    items, _ = plan([inputs], recipe, out)
+    done = [is_complete(item) for item in items]
+    assert 1 <= sum(done) < len(items), "the kill came too late to leave unfinished items"
+    results = run(items, recipe, Options(out=out, batch_size=2), batch=True)
+    assert [r.status for r in results] == ["skipped" if d else "done" for d in done]
+    assert all(is_complete(item) for item in items) and temporaries(out) == []
 
 
 @pytest.mark.cuda

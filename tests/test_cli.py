@@ -255,6 +255,7 @@ BAD_CASES = {
     ),
     "source-name-escapes": _with_recipe(TWO_BANDS.replace("      high:", "      ../evil:"), "sources.../evil", "file name"),
     "source-name-with-folder": _with_recipe(TWO_BANDS.replace("      high:", "      sub/high:"), "sources.sub/high"),
+    "stems-unknown-leaf": _with_recipe(TWO_BANDS + "stems: {all: [low, hihg]}\n", "stems.all.1", "unknown stem 'hihg'"),
     "set-malformed": _with_recipe(TWO_BANDS, "split.fit.max_iter", "key.path=value", set_=("split.fit.max_iter",)),
     "set-wrong-type": _with_recipe(TWO_BANDS, "split.fit.max_iter", "expected an integer", set_=("split.fit.max_iter=many",)),
     "set-unknown-key": _with_recipe(TWO_BANDS, "split.fit.max_itr", "unknown key", set_=("split.fit.max_itr=3",)),
@@ -366,6 +367,23 @@ def test_single_file_writes_stems_that_sum_to_the_mixture_and_provenance(tmp_pat
     assert record["recipe"]["name"] == "tones-fft" and record["versions"]["torch"] == torch.__version__
     stage = record["stages"][0]
     assert stage["n_iter"] >= 1 and len(stage["trajectory"]["radius"]) == stage["n_iter"]
+
+
+def test_recipe_stems_are_the_files_written_and_recorded(tmp_path):
+    data = mixture()
+    path, out = write_wav(tmp_path / "mix.wav", data), tmp_path / "OUT"
+    result = separate(path, "-r", "tones-fft", "-o", out, "--set", "stems={tonal: [low], rest: [mid, high]}")
+    assert result.exit_code == 0, result.output
+    stems = read_stems(out / "mix")
+    assert set(stems) == {"tonal", "rest"}
+    np.testing.assert_allclose(stems["tonal"] + stems["rest"], data, atol=1e-5)
+    tone = tones([(440, 0.3)], sample_rate=FS, seconds=1).numpy()
+    np.testing.assert_allclose(stems["tonal"], tone[None], atol=1e-3)
+    record = json.loads((out / "mix" / "demux.json").read_text())
+    assert record["stems"] == {"tonal": "tonal.wav", "rest": "rest.wav"}
+    assert record["recipe"]["stems"] == {"tonal": ["low"], "rest": ["mid", "high"]}
+    with np.load(out / "mix" / "masks.npz") as masks:  # the first stage's masks: its own sources
+        assert list(masks["names"]) == ["low", "mid", "high"]
 
 
 @pytest.mark.parametrize("fmt", ["flac", "npy"])
@@ -519,6 +537,21 @@ def test_complex_iq_input_gives_complex_npy_stems(tmp_path):
     stems = {name: np.load(tmp_path / "OUT" / "slow_time" / f"{name}.npy") for name in ("clutter", "targets", "noise")}
     assert all(stem.dtype == np.complex64 for stem in stems.values())
     np.testing.assert_allclose(sum(stems.values()), scenario.mixture, atol=1e-4)
+
+
+def test_what_the_priors_found_is_in_demux_json_and_the_summary(tmp_path):
+    from demux.synth import make
+
+    scenario = make("radar-mti", np.random.default_rng(0))  # one target at -505.73 Hz, 10 dB per pulse
+    path = tmp_path / "slow_time.npy"
+    np.save(path, scenario.mixture)
+    result = separate(path, "-r", "radar-doppler", "--rate", str(scenario.sample_rate), "-o", tmp_path / "OUT")
+    assert result.exit_code == 0, result.output
+    found = json.loads((tmp_path / "OUT" / "slow_time" / "demux.json").read_text())["stages"][0]["found"]
+    (truth,) = [t["doppler_hz"] for t in scenario.params["targets"]]
+    (line,) = found["targets"]["lines_hz"][0]
+    assert abs(line - truth) < scenario.sample_rate / scenario.mixture.shape[-1]  # within a Doppler bin (0.004 Hz off)
+    assert "slow_time: split.targets lines_hz=[" in result.stderr
 
 
 def test_version_is_printed():

@@ -9,6 +9,7 @@ reference. Tests that need the ``distributed`` package skip without it
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -130,3 +131,17 @@ def test_bad_scheduler_is_one_line_and_exit_2(reference, tmp_path, args, expecte
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and args[1] in lines[0] and expected in lines[0]
     assert not out.exists()
+
+
+def test_cluster_takes_groups_of_equal_length_files_as_tasks(reference, scheduler, tmp_path):
+    root = reference[0]
+    runs = {}
+    for name, where in (("local", None), ("cluster", scheduler)):
+        items, _ = plan([root / "in"], RECIPE, tmp_path / name)
+        results = run(items, RECIPE, Options(out=tmp_path / name, batch_size=4), batch=True, scheduler=where)
+        assert [r.status for r in results] == ["failed", "done", "done", "done"]
+        assert [r.stems[0].parent for r in results[1:]] == [tmp_path / name / i.track for i in items[1:]]
+        record = json.loads((tmp_path / name / "item0" / "demux.json").read_text())
+        assert record["batched_with"] == ["item1", "item2"], name  # one task for the three
+        runs[name] = tracks(tmp_path / name)
+    assert_same_stems(runs["cluster"], runs["local"])

@@ -10,7 +10,7 @@ import torch
 from conftest import tones
 from demux.errors import InputError, RecipeError
 from demux.priors.combine import apply_locks, sigmoid_masks, softmax_masks
-from demux.priors.harmonic import comb_log_odds, track_f0
+from demux.priors.harmonic import comb_log_odds, f0_summary, track_f0
 from demux.priors.learned import load_offsets
 from demux.priors.noise import (SMOOTH_S, group_frame_mean, group_quantile, minimum_bias, noise_log_variance,
                                 tracked_log_variance)
@@ -58,6 +58,84 @@ def test_f0_tracking_finds_a_harmonic_fundamental():
     middle = track[0, 3:-3]
     assert torch.all((middle - f0).abs() / f0 < 0.03)
     assert voicing[0, 3:-3].min() > 0.5
+    (summary,) = f0_summary(track, voicing)  # what demux.json reports: measured 179.9 Hz
+    assert abs(summary["f0_median_hz"] - f0) / f0 < 0.03
+
+
+def _gated_tone_in_noise(f0: float, snr_db: float, *, seed: int, fs: int = 16000, seconds: float = 2.0):
+    """A harmonic tone present in the middle half only, in white noise at ``snr_db`` (re the tone
+    while on): the ``(1, 1, time)`` signal, and which frames of a 2048/256 STFT lie wholly inside
+    the tone and wholly outside it."""
+    n, n_fft, hop = int(fs * seconds), 2048, 256
+    x = tones([(f0 * h, 0.5 / h) for h in range(1, 8)], sample_rate=fs, seconds=seconds).double()
+    x[: n // 4] = 0
+    x[3 * n // 4:] = 0
+    noise = torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    noise *= (x[n // 4: 3 * n // 4].square().mean() / 10 ** (snr_db / 10)).sqrt()
+    centre = torch.arange(n // hop + 1) * hop
+    on = (centre - n_fft // 2 >= n // 4) & (centre + n_fft // 2 <= 3 * n // 4)
+    off = (centre + n_fft // 2 <= n // 4) | (centre - n_fft // 2 >= 3 * n // 4)
+    return (x + noise).float()[None, None], on, off
+
+
+@pytest.mark.parametrize("snr_db", [0.0, 10.0])
+def test_f0_voicing_follows_a_gated_tone_in_noise(snr_db):
+    for seed in range(2):
+        x, on, off = _gated_tone_in_noise(220.0, snr_db, seed=seed)
+        stft = STFT(16000, n_fft=2048, hop=256)
+        power = stft(x).abs().square()[:, 0].double()
+        freqs = stft.grid(x.shape[-1]).freq_hz.flatten().double()
+        track, voicing = track_f0(power, freqs, f0_min=70, f0_max=500, n_harmonics=12)
+        voiced = voicing[0] > 0.5
+        # the tone is on for half the signal. Measured 0.508 (0 dB) and 0.524 (10 dB); the
+        # tracker before its noise-normalised voicing test said 0.82-0.90 and 0.95-0.99
+        assert abs(f0_summary(track, voicing)[0]["voiced_fraction"] - 0.5) < 0.05
+        assert voiced[off].double().mean() < 0.02  # false alarms on noise-only frames: measured 0 of 56
+        assert voiced[on].double().mean() > 0.95  # measured 1.0
+        assert torch.all((track[0, on] - 220.0).abs() / 220.0 < 0.01)  # measured 0.43% at most
+
+
+def test_f0_voicing_rarely_fires_on_noise_alone():
+    fs, n = 16000, 16000 * 10
+    stft = STFT(fs, n_fft=2048, hop=256)
+    freqs = stft.grid(n).freq_hz.flatten().double()
+    white = torch.randn(n, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    brown = torch.cumsum(white, 0)
+    brown -= brown.mean()
+    for x in (white, brown):
+        power = stft(x.float()[None, None]).abs().square()[:, 0].double()
+        _, voicing = track_f0(power, freqs, f0_min=70, f0_max=500, n_harmonics=12)
+        # the stated bound of VOICING_THRESHOLD (at most 0.3% of noise frames); measured 0 and 1 of 626
+        assert (voicing > 0.5).double().mean() < 0.01
+
+
+def test_the_voicing_gate_takes_the_comb_off_noise_only_frames():
+    # audio-stft's pitch stage on the gated tone at 10 dB: with `voicing_gate` the pitched
+    # source's prior is ~0 on noise-only frames (measured max |log-odds| 0.18), without it the
+    # comb's +-3 holds there too (measured 3.0); on the tone's frames both give the comb
+    # (measured max difference 3e-4).
+    x, on, off = _gated_tone_in_noise(220.0, 10.0, seed=0)
+    stft = STFT(16000, n_fft=2048, hop=256)
+    coeffs = stft(x)
+    F, N = coeffs.shape[-2:]
+    priors = {}
+    for gate in (False, True):
+        recipe = load_recipe("audio-stft", [f"pitch.sources.pitched.harmonic.voicing_gate={str(gate).lower()}"])
+        stage = recipe.stages[-1]
+        inputs, _ = stage_inputs(stage, coeffs, stft, x.shape[-1], recipe.source)
+        priors[gate] = inputs.prior[0, list(stage.sources).index("pitched")].view(F, N)
+    assert priors[True][:, off].abs().max() < 0.5
+    assert priors[False][:, off].abs().max() > 2.9
+    assert torch.allclose(priors[True][:, on], priors[False][:, on], atol=0.05)
+    with pytest.raises(RecipeError, match=r"pitch\.sources\.pitched\.harmonic\.voicing_gate: expected true or false"):
+        load_recipe("audio-stft", ["pitch.sources.pitched.harmonic.voicing_gate=3"])
+
+
+def test_f0_summary_takes_the_voiced_frames_only():
+    f0 = torch.tensor([[100.0, 200.0, 300.0, 400.0], [100.0, 200.0, 300.0, 400.0]])
+    voicing = torch.tensor([[0.9, 0.1, 0.8, 0.7], [0.0, 0.2, 0.3, 0.4]])
+    assert f0_summary(f0, voicing) == [{"f0_median_hz": 300.0, "voiced_fraction": 0.75},
+                                       {"f0_median_hz": None, "voiced_fraction": 0.0}]
 
 
 def test_comb_is_positive_on_the_teeth_and_negative_between():
@@ -68,7 +146,7 @@ def test_comb_is_positive_on_the_teeth_and_negative_between():
         assert log_odds[0, 200 * h, 0] == pytest.approx(4.0, abs=1e-4)
     assert log_odds[0, 300, 0] == pytest.approx(-4.0, abs=1e-3)
     unvoiced = comb_log_odds(freqs, torch.tensor([[200.0]]), torch.tensor([[0.0]]), n_harmonics=5, width=0.03, strength=4.0)
-    assert torch.allclose(unvoiced, torch.full_like(unvoiced, -4.0))
+    assert torch.equal(unvoiced, torch.zeros_like(unvoiced))  # no comb where there is no f0
 
 
 @pytest.mark.parametrize("estimate", ["mad", "minimum"])
@@ -94,6 +172,19 @@ def test_group_quantile_matches_torch_per_group():
     for g in range(4):
         assert torch.allclose(out[:, g], power[:, group == g].quantile(0.5, dim=1))
     assert torch.allclose(out[:, 4], power.quantile(0.5, dim=1))  # an empty group falls back to all
+
+
+def test_group_quantile_beyond_torch_quantile_limit_interpolates_the_same(monkeypatch):
+    # torch.quantile refuses more than 2**24 values (10 s of radio-iq's STFT holds 20M per item):
+    # the selection path must give its linear interpolation; a lowered limit takes that path here
+    import demux.priors.noise as noise
+
+    power = torch.rand(2, 1001, generator=torch.Generator().manual_seed(4))
+    group = torch.arange(1001) % 3
+    expected = group_quantile(power, group, 4, 0.2)
+    monkeypatch.setattr(noise, "_QUANTILE_MAX", 100)
+    assert torch.allclose(group_quantile(power, group, 4, 0.2), expected, rtol=0, atol=1e-7)
+    assert not torch.allclose(expected[:, :3], power.min(1, keepdim=True).values.expand(2, 3))  # not trivial
 
 
 def test_softmax_masks_sum_to_one():

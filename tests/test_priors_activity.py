@@ -62,7 +62,8 @@ def test_activity_prior_finds_the_bursts():
     x = bursts_in_noise()
     stft = STFT(RATE, n_fft=512, hop=128)
     coeffs = stft(x)
-    inputs, _ = stage_inputs(stage, coeffs, stft, x.shape[-1], recipe.source)
+    found = {}
+    inputs, _ = stage_inputs(stage, coeffs, stft, x.shape[-1], recipe.source, found=found)
     F, N = coeffs.shape[-2:]
     assert inputs.prior.shape == (1, 2, F * N)
     speech = list(stage.sources).index("speech")
@@ -79,6 +80,11 @@ def test_activity_prior_finds_the_bursts():
     hit = float((gamma[0, inside] > -1.0).float().mean())
     false_alarm = float((gamma[0, away] > -1.0).float().mean())
     assert hit >= 0.95 and false_alarm <= 0.05, (hit, false_alarm)
+    # demux.json's active_fraction: the frames with p > 1/2 (gamma > -weight / 2); the bursts
+    # fill 40 % of the 4 s, the hangover widens them (measured 0.475)
+    (fraction,) = found["speech"]["active_fraction"]
+    assert fraction == pytest.approx(float((gamma[0] > -1.0).float().mean()), abs=1e-3)
+    assert fraction == pytest.approx(0.4, abs=0.1)
 
 
 @pytest.mark.parametrize(

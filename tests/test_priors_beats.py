@@ -8,7 +8,7 @@ import torch
 
 from demux.errors import RecipeError
 from demux.pipeline import separate
-from demux.priors.beats import beat_log_odds, beat_membership, find_beats
+from demux.priors.beats import beat_log_odds, beat_membership, beat_summary, find_beats
 from demux.recipe import load_recipe
 from demux.synth import make
 from demux.transforms import build_transform
@@ -53,6 +53,14 @@ def test_r_peaks_on_mitbih_100_match_the_annotations(shared_data, noise):
     assert beats.size > 60
     assert hit.mean() > 0.95
     assert found.size <= 1.05 * beats.size  # few false detections
+
+
+def test_beat_summary_gives_the_mean_rate_and_caps_the_times():
+    beats = 0.4 + 0.8 * np.arange(11)  # 75 bpm
+    summary = beat_summary(beats, max_times=4)
+    assert summary["n_beats"] == 11 and summary["heart_rate_bpm"] == 75.0
+    assert summary["beat_times_s"] == [0.4, 1.2, 2.0, 2.8]
+    assert beat_summary(np.array([1.0]))["heart_rate_bpm"] is None
 
 
 def test_beat_membership_is_one_at_a_beat_and_zero_between_beats():

@@ -205,3 +205,47 @@ def test_fit_weighting_needs_a_frequency_axis(tmp_path):
     transform = PCA(8000).fit(x)
     with pytest.raises(RecipeError, match=r"stages\.split\.fit\.weighting: transform 'pca' has no frequency axis"):
         stage_inputs(stage, transform(x), transform, 800, str(path))
+
+
+TREE = GOOD + """  second:
+    split: high
+    transform: {type: fft}
+    sources: {hum: {band: {lo: 500, hi: 1000}}, hiss: {band: {lo: 1000, hi: 4000}}}
+"""
+
+
+def test_stems_group_the_leaves_into_output_stems(tmp_path):
+    plain = load_recipe(write(tmp_path, TREE))
+    assert plain.stems == {} and plain.sources() == plain.leaves() == ["low", "hum", "hiss"]
+    grouped = load_recipe(write(tmp_path, TREE + "stems: {tones: [low, hum], noise: hiss}\n"))
+    assert grouped.stems == {"tones": ("low", "hum"), "noise": ("hiss",)}
+    assert grouped.sources() == ["tones", "noise"] and grouped.leaves() == ["low", "hum", "hiss"]
+    # overrides reach it too, a leaf moved from one stem to the other
+    moved = load_recipe(write(tmp_path, TREE), ["stems={tones: [low], noise: [hum, hiss]}"])
+    assert moved.stems == {"tones": ("low",), "noise": ("hum", "hiss")}
+
+
+@pytest.mark.parametrize(
+    ("stems", "match"),
+    [
+        ("{tones: [low, hum], noise: [hiss, his]}", r"stems\.noise\.1: unknown stem 'his' \(leaf stems: low, hum, hiss\)"),
+        ("{tones: [low, hum, hiss], noise: [hiss]}", r"stems\.noise\.0: leaf 'hiss' is already in stems\.tones"),
+        ("{tones: [low], noise: [hiss]}", r"r\.yaml: stems: leaf stem\(s\) hum in no output stem"),
+        ("{tones: [low, high], noise: [hiss]}", r"stems\.tones\.1: 'high' is split by stage second; .*\(hum, hiss\)"),
+        ("{tones: [], noise: [low, hum, hiss]}", r"stems\.tones: expected a list of at least one leaf stem"),
+        ("{tones: [low, hum], .noise: [hiss]}", r"stems\.\.noise: a stem name becomes a file name"),
+        ("{tones: [low, hum], noise: [3]}", r"stems\.noise\.0: expected a string, got int 3"),
+        ("[low, hum, hiss]", r"r\.yaml: stems: expected a mapping, got list"),
+    ],
+)
+def test_bad_stems_name_the_key_path(tmp_path, stems, match):
+    with pytest.raises(RecipeError, match=match):
+        load_recipe(write(tmp_path, TREE + f"stems: {stems}\n"))
+
+
+def test_cli_validate_and_show_give_the_stems(tmp_path):
+    path = write(tmp_path, TREE + "stems: {tones: [low, hum], noise: [hiss]}\n")
+    validated = CliRunner().invoke(app, ["recipes", "validate", str(path)])
+    assert validated.exit_code == 0 and "stems: tones = low + hum, noise = hiss" in validated.output
+    shown = CliRunner().invoke(app, ["recipes", "show", str(path)])
+    assert shown.exit_code == 0 and "stems:\n  tones:\n  - low\n  - hum\n" in shown.output

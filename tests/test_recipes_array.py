@@ -39,9 +39,14 @@ def transform():
 
 
 @pytest.fixture(scope="module")
-def demux_stems(case):
+def demux_result(case):
     torch.set_num_threads(1)
-    return separate(torch.from_numpy(case.mixture), case.sample_rate, "array-beamform", seed=0).stems
+    return separate(torch.from_numpy(case.mixture), case.sample_rate, "array-beamform", seed=0)
+
+
+@pytest.fixture(scope="module")
+def demux_stems(demux_result):
+    return demux_result.stems
 
 
 def _sdr(case, stems) -> list[float]:
@@ -95,6 +100,19 @@ def test_directions_are_found_within_one_and_a_half_degrees(case, transform):
     # measured: [-19, 58] for [-18.8, 58.5] (the 1-degree vote grid); the third direction is not there
     assert len(found[0]) == 2
     assert max(abs(f - t) for f, t in zip(found[0], true)) < 1.5
+
+
+def test_the_report_says_which_direction_each_stem_took(case, demux_result):
+    # what demux.json records: measured doa1 -19.0, doa2 58.0 for talkers at -18.8 and 58.5 degrees
+    found = demux_result.stages[0].found
+    true = sorted(case.params["directions_deg"].values())
+    assert abs(found["doa1"]["direction_deg"][0] - true[0]) < 1.5
+    assert abs(found["doa2"]["direction_deg"][0] - true[1]) < 1.5
+    assert found["doa3"] == {"direction_deg": [None]}  # not found: its stem is silent
+    pinned = separate(torch.from_numpy(case.mixture), case.sample_rate,
+                      load_recipe("array-beamform", ["split.sources.doa1.arrival.direction=30", "split.fit.max_iter=1"]))
+    found = pinned.stages[0].found
+    assert "doa1" not in found and abs(found["doa2"]["direction_deg"][0] - true[0]) < 1.5  # the rest take the found
 
 
 def test_arrival_log_odds_and_direction_bookkeeping():

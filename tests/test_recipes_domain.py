@@ -54,7 +54,8 @@ def test_tones_dct_separates_a_multitone_near_the_oracle():
 
 def test_speech_enhance_improves_si_sdr_on_the_demo():
     # Seconds 1.5-4.5 of data/demo_mix.wav (LibriSpeech + kitchen noise, 5 dB). Measured:
-    # +2.51 dB SI-SDR on the speech stem over the mixture.
+    # +2.71 dB SI-SDR on the speech stem over the mixture (+2.46 with the STFT stage alone,
+    # the recipe before its wavelet stage); the floor leaves 0.6 dB for other platforms.
     rate = 16000
     cut = slice(int(1.5 * rate), int(4.5 * rate))
     mixture = torch.from_numpy(io.read(REPO / "data" / "demo_mix.wav").data[:, cut].astype(np.float32))
@@ -63,7 +64,7 @@ def test_speech_enhance_improves_si_sdr_on_the_demo():
     assert list(stems) == ["speech", "noise"]
     improvement = si_sdr_db(stems["speech"], speech) - si_sdr_db(mixture, speech)
     assert math.isfinite(improvement)
-    assert improvement >= 1.5
+    assert improvement >= 2.1
 
 
 def _band_noise(generator: torch.Generator, n: int, rate: float, lo: float, hi: float) -> torch.Tensor:

@@ -20,7 +20,7 @@ from demux.baselines import mti_canceller
 from demux.bench import band_overrides, score
 from demux.errors import ParameterError, RecipeError
 from demux.pipeline import separate
-from demux.priors.lines import find_lines, line_signal
+from demux.priors.lines import find_lines, line_signal, line_snr_db
 from demux.recipe import load_recipe, parse_recipe
 from demux.synth import make
 
@@ -102,6 +102,23 @@ def test_find_lines_recovers_tones_in_noise(complex_):
         i = int((freqs[0] - f).abs().argmin())
         assert abs(float(freqs[0, i]) - f) < 0.05  # 5 Cramer-Rao std of the weaker tone (0.01 Hz); bins are 1 Hz
         assert abs(complex(amps[0, i]) - a) < 0.05  # 4 standard errors of a Hann-weighted fit at this noise
+
+
+@pytest.mark.parametrize("complex_", [True, False])
+def test_line_snr_is_the_tones_snr_plus_the_tapers_coherent_gain(complex_):
+    fs, n, sigma = 1000.0, 1000, 0.3
+    t = torch.arange(n, dtype=torch.float64) / fs
+    truth = [(123.37, 1.0 + 0.5j), (-301.8 if complex_ else 301.8, 0.3 - 0.2j)]
+    x = _noise(n, sigma=sigma, complex_=complex_, seed=1)
+    for f, a in truth:
+        tone = a * torch.exp(2j * math.pi * f * t)
+        x = x + (tone if complex_ else 2 * tone.real)
+    _, amps = find_lines(x[None], sample_rate=fs, allowed=_everywhere)
+    snr = line_snr_db(x[None], amps)[0]
+    gain = 10 * math.log10(0.667 * n)  # Hann: (sum w)^2 / sum w^2 = 2/3 T
+    for i, (_, a) in enumerate(truth):  # found strongest first
+        # measured 0.10 / 0.36 dB (complex) and 0.46 / 0.59 dB (real) under the truth: the median floor
+        assert abs(float(snr[i]) - (10 * math.log10(abs(a) ** 2 / sigma**2) + gain)) < 1.0
 
 
 def test_find_lines_finds_nothing_in_white_noise_and_respects_allowed():

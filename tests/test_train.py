@@ -238,3 +238,23 @@ def test_separate_applies_a_params_file(recipe, data, trained, tmp_path):
     missing = runner.invoke(app, ["separate", str(mixture), "-r", "tones-fft", "-o", str(tmp_path / "x"),
                                   "--params", str(tmp_path / "absent.safetensors")])
     assert missing.exit_code == 2 and "absent.safetensors" in missing.stderr
+
+
+def test_recipe_stems_are_scored_and_carry_the_gradient_to_their_leaves(recipe, data):
+    import dataclasses
+
+    from demux.train import _matching_notes
+
+    grouped = load_recipe("tones-fft", [*OVERRIDES, "stems={low: [low], rest: [mid, high]}"])
+    tracks, rate, _ = load_tracks(data / "held-out", grouped)
+    tracks = [dataclasses.replace(t, references={"low": t.references["low"],
+                                                 "rest": t.references["mid"] + t.references["high"]})
+              for t in tracks if {"low", "mid", "high"} <= set(t.references)][:2]
+    assert _matching_notes(grouped, tracks) == []  # `rest` matches the summed stem by name
+    layout = offset_layout(grouped, tracks[0].mixture, rate)
+    zeros = {key: torch.zeros(n, requires_grad=True) for key, n in layout.items()}
+    scores = track_scores(grouped, tracks, rate, learned=zeros)
+    assert [s.shape for s in scores] == [(2,), (2,)]
+    torch.cat(scores).sum().backward()
+    for key in ("split.mid", "split.high"):  # the leaves summed into `rest` learn from its score
+        assert zeros[key].grad.abs().max() > 1e-4, key

@@ -55,6 +55,27 @@ def find_beats(x: Tensor, *, sample_rate: float, refractory_s: float = 0.25, win
     return out
 
 
+def beat_summary(beats_s: np.ndarray, *, max_times: int = 500) -> dict:
+    """What :func:`find_beats` found in one item, as JSON-ready numbers (for ``demux.json``).
+
+    Args:
+        beats_s: ``(n_beats,)`` sorted beat times, seconds.
+        max_times: most beat times listed (a 30-minute record holds about 2000).
+
+    Returns:
+        ``n_beats``; ``heart_rate_bpm``, the mean rate ``60 / mean RR interval`` (``None``
+        with fewer than two beats); ``beat_times_s``, the first ``max_times`` times rounded
+        to the millisecond.
+    """
+    n = len(beats_s)
+    rate = 60.0 * (n - 1) / float(beats_s[-1] - beats_s[0]) if n > 1 and beats_s[-1] > beats_s[0] else None
+    return {
+        "n_beats": n,
+        "heart_rate_bpm": None if rate is None else round(rate, 1),
+        "beat_times_s": [round(float(t), 3) for t in beats_s[:max_times]],
+    }
+
+
 def beat_membership(times_s: Tensor, beats_s: np.ndarray, *, half_width_s: Tensor | float) -> Tensor:
     """Membership of each coefficient time in the nearest beat's window, in [0, 1].
 

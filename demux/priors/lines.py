@@ -76,8 +76,8 @@ def find_lines(
     search = allowed(fine) & ((fine > 0) if real else torch.ones_like(fine, dtype=torch.bool))
     # a Hann taper for the search: the leakage of a strong band (clutter) falls as the cube
     # of the distance instead of linearly, so it cannot pass for a line far from the band
-    window = torch.hann_window(T, periodic=False, dtype=torch.float64, device=x.device)
-    floor = torch.fft.fft(x * window, dim=-1).abs().square().median(dim=-1).values / math.log(2.0)  # (B,)
+    window = _search_window(T, x.device)
+    floor = _white_floor(x, window)  # (B,)
     threshold = 10.0 ** (threshold_db / 10.0)
     freqs = torch.zeros(B, 0, dtype=torch.float64, device=x.device)
     found = torch.zeros(B, 0, dtype=torch.bool, device=x.device)
@@ -100,6 +100,39 @@ def find_lines(
         amplitudes = _least_squares(x, freqs, found, sample_rate=sample_rate, weights=window)
         residual = x - line_signal(freqs, amplitudes, sample_rate=sample_rate, length=T, real=real)
     return freqs, amplitudes
+
+
+def line_snr_db(x: Tensor, amplitudes: Tensor) -> Tensor:
+    """Each line's peak in :func:`find_lines`' search periodogram over the white noise floor, dB.
+
+    The Hann-tapered periodogram of a tone of amplitude ``a`` peaks at ``|a|^2 (sum w)^2``;
+    the floor is the periodogram's median over ``ln 2`` (noise of variance ``sigma^2`` alone:
+    ``sigma^2 sum w^2``). So for a tone in white noise this is ``|a|^2 / sigma^2`` (a complex
+    tone's per-sample SNR; a real tone ``2 Re(a exp(...))`` has twice that power) plus the
+    taper's coherent gain, ``10 log10(T) - 1.76`` dB. CFAR passed the line at ``threshold_db``
+    over the larger of this floor and the line's neighbourhood.
+
+    Args:
+        x: ``(batch, time)`` the signal the lines were found in.
+        amplitudes: ``(batch, L)`` complex amplitudes (:func:`find_lines`).
+
+    Returns:
+        ``(batch, L)`` float64 dB; ``-inf`` where the amplitude is 0 (no line).
+    """
+    x = x.double() if not x.is_complex() else x.to(torch.complex128)
+    window = _search_window(x.shape[-1], x.device)
+    peak = amplitudes.abs().double().square() * window.sum().square()
+    return 10.0 * torch.log10(peak / _white_floor(x, window)[:, None])
+
+
+def _search_window(length: int, device) -> Tensor:
+    return torch.hann_window(length, periodic=False, dtype=torch.float64, device=device)
+
+
+def _white_floor(x: Tensor, window: Tensor) -> Tensor:
+    """``(B,)`` the white noise's mean power per bin of the tapered periodogram of ``x`` ``(B, T)``:
+    its median over ``ln 2`` (a complex Gaussian bin's power is exponential)."""
+    return torch.fft.fft(x * window, dim=-1).abs().square().median(dim=-1).values / math.log(2.0)
 
 
 def line_signal(freqs_hz: Tensor, amplitudes: Tensor, *, sample_rate: float, length: int, real: bool) -> Tensor:
