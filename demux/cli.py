@@ -78,8 +78,8 @@ def separate(
         1, "--jobs", "-j", help="Items (groups of them with --batch-size) separated side by side, in worker processes."
     ),
     segment: float = typer.Option(
-        30.0, "--segment", help="Read, separate and write inputs in chunks of this many seconds, cross-faded "
-        "(memory stays flat however long the file); 0: the whole file at once."
+        30.0, "--segment", help="Read, separate and write inputs in chunks of this many seconds (at most 2^20 samples "
+        "per channel), cross-faded (memory stays flat however long the file); 0: the whole file at once."
     ),
     overlap: float = typer.Option(0.1, "--overlap", help="The chunks' overlap, a fraction of --segment (0 to 0.5)."),
     batch_size: int = typer.Option(

@@ -31,6 +31,7 @@ their order are the same, so their stems are the same numbers.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -46,12 +47,9 @@ from demux.pipeline import (
     StageReport,
     WarmStart,
     as_batched,
-    build_stage_transform,
     group_stems,
     run_stage,
     served_rate,
-    stage_inputs,
-    stage_model,
     unbatch,
 )
 from demux.recipe import Recipe, check_against_signal, load_recipe
@@ -287,10 +285,9 @@ class _OnlineRun:
         reports = []
         for index, stage in enumerate(self.recipe.stages):
             parent = stems.pop(stage.split or "mixture")
-            initial = _initial_theta(stage, parent, self.rate, self.recipe.source)
             out, report = run_stage(stage, parent, self.rate, seed=self.seed + index, recipe_source=self.recipe.source,
-                                    warm=self._forget(self._warm[index], initial, stage))
-            self._warm[index] = (report.end, initial)
+                                    warm=functools.partial(self._forget, self._warm[index], stage=stage))
+            self._warm[index] = (report.end, report.cold)
             stems.update(out)
             reports.append(report)
         if x.is_cuda:  # kernels run asynchronously: count them in the latency
@@ -352,10 +349,3 @@ class _OnlineRun:
         self._total = self._total[n:]
         self._emitted = upto
         return piece
-
-
-def _initial_theta(stage, x: Tensor, sample_rate: float, recipe_source: str) -> Tensor:
-    """``(batch, P)`` the cold start :func:`run_stage` would fit ``x`` ``(batch, channel, time)`` from."""
-    transform = build_stage_transform(stage, sample_rate, recipe_source).to(x.device)
-    inputs, _ = stage_inputs(stage, transform(x).detach(), transform, x.shape[-1], recipe_source)
-    return stage_model(stage, inputs).initial()

@@ -101,13 +101,14 @@ class StageReport:
     found: dict[str, dict[str, list]] = field(default_factory=dict)
     masks: StageMasks | None = field(default=None, repr=False)  # not in demux.json: written as masks.npz
     end: WarmStart | None = field(default=None, repr=False)  # not in demux.json: for warm starts
+    cold: Tensor | None = field(default=None, repr=False)  # not in demux.json: the (B, P) cold start it began from
 
     def select(self, items: Iterable[int]) -> StageReport:
         """This report about some ``items`` of its batch only (e.g. one input's chunks of a batch over inputs).
 
         Per-item values (losses, statuses, energy shares, what the priors found, the
         trajectory's per-step values, masks) are picked; ``seconds``, ``n_iter``, ``chunks``
-        and the trajectory's steps are the batch's; the warm-start ``end`` is left out.
+        and the trajectory's steps are the batch's; the warm-start ``end`` and ``cold`` are left out.
         """
         items = list(items)
 
@@ -121,7 +122,7 @@ class StageReport:
                                    energy_share={name: pick(v) for name, v in self.energy_share.items()},
                                    found={name: {key: pick(v) for key, v in values.items()}
                                           for name, values in self.found.items()},
-                                   masks=masks, end=None)
+                                   masks=masks, end=None, cold=None)
 
 
 @dataclass
@@ -142,7 +143,7 @@ class Separation:
     def provenance(self) -> dict:
         """The stage reports as plain data (masks left out: they go to ``masks.npz``)."""
         stages = [
-            {f.name: getattr(s, f.name) for f in dataclasses.fields(s) if f.name not in ("masks", "end")}
+            {f.name: getattr(s, f.name) for f in dataclasses.fields(s) if f.name not in ("masks", "end", "cold")}
             for s in self.stages
         ]
         return {"sample_rate": self.sample_rate, "stages": stages}
@@ -263,22 +264,17 @@ def _run_stages(recipe: Recipe, x: Tensor, rate: float, *, seed: int, on_stage, 
     from scratch: consecutive chunks agree (smooth seams) and each fit goes on
     converging.
     """
-    from demux.online import _initial_theta
-
     stems: dict[str, Tensor] = {"mixture": x}
     reports = []
     for index, stage in enumerate(recipe.stages):
         if on_stage:
             on_stage(stage.name)
         parent = stems.pop(stage.split or "mixture")
-        warm = None
-        if carry is not None:
-            initial = _initial_theta(stage, parent, rate, recipe.source)
-            warm = _carried(carry[index], initial)
+        warm = None if carry is None else functools.partial(_carried, carry[index])
         out, report = run_stage(stage, parent, rate, seed=seed + index, recipe_source=recipe.source,
                                 learned=learned, warm=warm)
         if carry is not None:
-            carry[index] = (report.end, initial)
+            carry[index] = (report.end, report.cold)
         stems.update(out)
         reports.append(report)
     return group_stems(recipe, stems), reports
@@ -311,6 +307,13 @@ def _carried(previous: tuple[WarmStart, Tensor] | None, initial: Tensor) -> Warm
     return WarmStart(initial + (end.theta[:n] - previous_initial[:n]).to(initial), end.radius, end.dropout)
 
 
+#: Longest chunk, samples per channel, whatever ``segment`` asks: a fit holds tens of
+#: temporaries the size of a chunk's coefficients, and past glibc's 32 MiB mmap threshold
+#: each is a fresh mapping faulted in page by page. 10 s of 1 MHz I/Q through radio-iq took
+#: 43 s in 2 M-sample chunks (20 s of it in the kernel) and 26 s in 1 M (7 s).
+MAX_CHUNK_SAMPLES = 2**20
+
+
 def separate_chunks(
     read: Callable[[int, int], Tensor | np.ndarray],
     length: int,
@@ -328,8 +331,8 @@ def separate_chunks(
     """Separate a long signal chunk by chunk, reading it and handing its stems over a region at a time.
 
     The memory this takes is that of ``batch_size`` chunks, whatever ``length`` is:
-    chunks of ``segment`` seconds at the recipe's rate (:func:`demux.chunks.plan_chunks`)
-    are read ``batch_size`` at a time, fitted as one batch, and cross-faded into a
+    chunks of ``segment`` seconds at the recipe's rate (:func:`demux.chunks.plan_chunks`), at
+    most :data:`MAX_CHUNK_SAMPLES` samples per channel, are read ``batch_size`` at a time, fitted as one batch, and cross-faded into a
     rolling buffer (:class:`demux.chunks.OverlapAdd`) that hands over every region no
     later chunk covers. Each batch's fits start where the batch before ended (the
     ``carry`` of :func:`_run_stages`). A recipe that resamples (``resample_to``) resamples each chunk
@@ -383,7 +386,7 @@ def separate_chunks(
             return torch.from_numpy(flat).reshape(B, C, -1)
 
         rate_length = resampled_length(length, sample_rate, rate)
-    size = max(1, round(segment * rate))
+    size = max(1, min(round(segment * rate), MAX_CHUNK_SAMPLES))
     plan = plan_chunks(rate_length, size=size, overlap=round(overlap * size))
     joiners: dict[str, OverlapAdd] = {}
     back: dict[str, StreamResampler] = {}
@@ -422,11 +425,15 @@ def _numpy(x: Tensor) -> np.ndarray:
 
 
 def run_stage(stage: StageSpec, x: Tensor, sample_rate: float, *, seed: int, recipe_source: str = "<recipe>",
-              learned: dict[str, Tensor] | None = None, warm: WarmStart | None = None):
+              learned: dict[str, Tensor] | None = None,
+              warm: WarmStart | Callable[[Tensor], WarmStart | None] | None = None):
     """Fit one stage on ``x`` ``(batch, channel, time)`` and return its stems and report.
 
     ``warm`` (a previous report's ``end``, from a signal of the same shape) starts the
-    fit from those parameters and that radius instead of from the data's averages.
+    fit from those parameters and that radius instead of from the data's averages (the
+    cold start, which the report keeps as ``cold``). A callable gets that ``(batch, P)``
+    cold start and returns the warm start (chunks and online windows carry what the last
+    fit learned beyond its own cold start), so the stage's inputs are built once.
 
     ``learned`` (see :func:`separate`) overrides sources' learned offsets. The fit
     treats them as constants; where they carry a gradient, the masks are recomputed
@@ -456,7 +463,9 @@ def run_stage(stage: StageSpec, x: Tensor, sample_rate: float, *, seed: int, rec
     names = list(stage.sources)
     model = stage_model(stage, dataclasses.replace(inputs, learned=inputs.learned.detach()))
     config = dataclasses.replace(stage.fit, seed=stage.fit.seed + seed)
-    theta0 = model.initial()
+    theta0 = cold = model.initial()
+    if callable(warm):
+        warm = warm(cold)
     if warm is not None and warm.theta.shape == theta0.shape:
         theta0 = warm.theta.to(theta0)
         config = dataclasses.replace(
@@ -497,6 +506,7 @@ def run_stage(stage: StageSpec, x: Tensor, sample_rate: float, *, seed: int, rec
         found=found,
         masks=None if per_channel or len(K) > 2 else _stage_masks(names, masks, transform.grid(T)),
         end=_warm_start(result, config),
+        cold=cold,
     )
     return {name: out[:, s] for s, name in enumerate(names)}, report
 

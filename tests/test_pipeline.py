@@ -346,3 +346,21 @@ def test_recipe_stems_carry_the_gradient_of_their_leaves():
     stems = group_stems(recipe, leaves)
     (stems["tonal"].sum() + 2 * stems["rest"].sum()).backward()
     assert [float(leaves[n].grad.mean()) for n in ("low", "mid", "high")] == [1.0, 2.0, 2.0]
+
+
+def test_chunks_are_capped_at_max_chunk_samples_whatever_the_segment(monkeypatch):
+    """A segment longer than ``MAX_CHUNK_SAMPLES`` is cut at that many samples: 2 s at 8 kHz with a cap of
+    4000 gives chunks of 4000 (overlap 0.1 of that), so more than the one chunk a 10 s segment asks for."""
+    import demux.pipeline as pipeline
+
+    recipe = load_recipe("tones-fft", ["split.fit.max_iter=2"])
+    x = tones([(440.0, 1.0), (1800.0, 0.5), (3000.0, 0.3)], sample_rate=FS, seconds=2.0)[None]
+    whole = separate(x, FS, recipe, segment=10.0)
+    monkeypatch.setattr(pipeline, "MAX_CHUNK_SAMPLES", 4000)
+    capped = separate(x, FS, recipe, segment=10.0)
+    def chunks(separation) -> int:
+        return sum(len(report.chunks or [0]) for report in separation.stages)
+
+    assert chunks(whole) == 1
+    assert chunks(capped) >= 4  # ceil((16000 - 400) / 3600) = 5 chunks of 4000
+    assert float((sum(capped.stems.values()) - x).abs().max()) < 1e-5  # stems still sum to the mixture
