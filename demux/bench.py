@@ -111,6 +111,9 @@ class BenchConfig:
             demux's many small tensor operations run fastest on one thread, and a second
             thread that spins against other processes on a shared 2-core machine makes
             timings ten times slower and unrepeatable.
+        overrides: ``--set`` overrides (``stage.sources.name.key=value``) applied to demux's
+            recipe in every scenario run, after the band and quick ones: variants of a
+            recipe benched without a script (select scenarios of that recipe).
     """
 
     scenarios: tuple[str, ...] = ()
@@ -120,6 +123,7 @@ class BenchConfig:
     ablation: bool = True
     engine_speed: bool = True
     threads: int = 1
+    overrides: tuple[str, ...] = ()
 
     def __post_init__(self):
         unknown = [s for s in self.scenarios if s not in SCENARIOS]
@@ -148,6 +152,7 @@ class BenchConfig:
         words += [] if self.items is None else ["--items", str(self.items)]
         words += ["--seed", str(self.seed)]
         words += [] if self.threads == 1 else ["--threads", str(self.threads)]
+        words += [word for override in self.overrides for word in ("--set", override)]
         words += [] if self.ablation else ["--no-ablation"]
         words += [] if self.engine_speed else ["--no-engine-speed"]
         return shlex.join(words)
@@ -423,7 +428,7 @@ def recipe_for(scenario: Scenario, config: BenchConfig, extra: tuple[str, ...] =
     shipped = load_recipe(scenario.recipe)
     overrides = band_overrides(shipped, scenario)
     overrides += QUICK_OVERRIDES.get(scenario.recipe, ()) if config.quick else ()
-    overrides += extra
+    overrides += config.overrides + extra
     return load_recipe(scenario.recipe, overrides), overrides
 
 

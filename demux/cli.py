@@ -371,6 +371,8 @@ def bench(
     threads: int = typer.Option(1, "--threads", min=1, help="torch threads while timing (1: fastest for demux's small tensors, repeatable)."),
     out: Path = typer.Option(Path("benchmarks/results"), "--out", "-o", help="Folder of the Markdown tables: OUT/<date>.md, OUT/<date>-quick.md."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace today's table."),
+    set_: list[str] = typer.Option([], "--set", help="Override a key of demux's recipe in every scenario run "
+                                   "(pick scenarios of one recipe with --scenario): hpss.fit.max_iter=10."),
 ) -> None:
     """demux's recipes vs baselines vs the oracle mask on every scenario; one table, written to OUT/<date>.md."""
     from rich.console import Console
@@ -380,7 +382,7 @@ def bench(
     from demux.errors import OutputExistsError
 
     config = benchmark.BenchConfig(scenarios=tuple(scenario), quick=quick, seed=seed, items=items, ablation=ablation,
-                                   engine_speed=engine_speed, threads=threads)
+                                   engine_speed=engine_speed, threads=threads, overrides=tuple(set_))
     target = benchmark.results_path(out, quick=quick)
     if target.exists() and not overwrite:
         raise OutputExistsError(target)  # refuse before the (long) run

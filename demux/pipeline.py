@@ -44,6 +44,7 @@ from demux.recipe import Stage as StageSpec
 from demux.transforms import ComplexFFT, Transform, build_transform, power
 from demux.trust_region import edge_weight, minimize
 from demux.weighting import perceptual_weights
+from demux.wiener import multichannel_wiener
 
 _LOCK_OTHERS = -30.0  # prior log-odds of the other sources inside a locked band
 
@@ -486,7 +487,11 @@ def run_stage(stage: StageSpec, x: Tensor, sample_rate: float, *, seed: int, rec
         share = (masks.detach() * inputs.power[:, None]).mean(2) / inputs.power.mean(1, keepdim=True).clamp_min(1e-30)
         S = len(names)
         masks = masks.reshape(B, S, Cc if per_channel else 1, *K)
-        masked = (coeffs.unsqueeze(1) * masks).reshape(B * S, Cc, *K)
+        if stage.synthesis.type == "multichannel-wiener":
+            masked = _wiener_stems(stage, coeffs, masks, per_channel, recipe_source)
+        else:
+            masked = coeffs.unsqueeze(1) * masks
+        masked = masked.reshape(B * S, Cc, *K)
         out = transform.inverse(masked, T).reshape(B, S, C, T)
         if stage.combiner == "sigmoid":  # targets may over-explain by eps: mixture-consistency projection
             out = out + (x - out.sum(1)).unsqueeze(1) / S
@@ -509,6 +514,16 @@ def run_stage(stage: StageSpec, x: Tensor, sample_rate: float, *, seed: int, rec
         cold=cold,
     )
     return {name: out[:, s] for s, name in enumerate(names)}, report
+
+
+def _wiener_stems(stage: StageSpec, coeffs: Tensor, masks: Tensor, per_channel: bool, recipe_source: str) -> Tensor:
+    """``(B, S, M, F, N)`` stems of masks ``(B, S, 1, F, N)`` on the mics' ``coeffs`` ``(B, M, F, N)``
+    by the stage's multichannel Wiener filter (``synthesis``)."""
+    if per_channel or coeffs.dim() != 4:
+        raise RecipeError(recipe_source, f"stages.{stage.name}.synthesis.type",
+                          "a multichannel Wiener filter needs one (freq, frame) mask per source, shared by the mics")
+    spec = stage.synthesis
+    return multichannel_wiener(coeffs, masks[:, :, 0], iterations=spec.iterations, load=spec.load)
 
 
 def stage_model(stage: StageSpec, inputs: ModelInputs) -> VarianceModel:
@@ -934,10 +949,11 @@ def _beat_prior(spec, transform: Transform, coeffs: Tensor, length: int, key: st
                 found: dict) -> Tensor:
     """``(B, Kf)`` per-beat log-odds on ``spec.levels``: beats found on the ``detect_hz`` levels' reconstruction.
 
-    Records in ``found`` per item the beats' count, mean heart rate and times
+    Plus, on ``spec.template_levels``, the beat template's log-odds against the rest. Records in
+    ``found`` per item the beats' count, mean heart rate and times
     (:func:`demux.priors.beats.beat_summary`).
     """
-    from demux.priors.beats import beat_log_odds, beat_summary, find_beats
+    from demux.priors.beats import beat_log_odds, beat_summary, beat_template_train, find_beats, template_log_odds
 
     if not _is_wavelet(transform):
         raise RecipeError(recipe_source, f"{key}.beats", "a beat prior needs a 'dwt' transform")
@@ -951,9 +967,20 @@ def _beat_prior(spec, transform: Transform, coeffs: Tensor, length: int, key: st
     rate = transform.sample_rate
     beats = find_beats(transform.inverse(coeffs * keep, length), sample_rate=rate, refractory_s=spec.refractory_ms / 1e3)
     found.update(_per_item([beat_summary(b) for b in beats]))
-    return beat_log_odds(grid.time_s.reshape(-1).to(coeffs.device).double(), level, beats, sample_rate=rate,
-                         levels=spec.levels, qrs_s=spec.qrs_ms / 1e3, filter_len=transform.filter_len,
-                         weight=spec.weight).float()
+    prior = beat_log_odds(grid.time_s.reshape(-1).to(coeffs.device).double(), level, beats, sample_rate=rate,
+                          levels=spec.levels, qrs_s=spec.qrs_ms / 1e3, filter_len=transform.filter_len,
+                          weight=spec.weight).float()
+    if spec.template_levels:
+        if max(spec.template_levels) > n_groups:
+            raise RecipeError(recipe_source, f"{key}.beats.template_levels",
+                              f"level {max(spec.template_levels)} is deeper than this signal allows ({n_groups})")
+        train = beat_template_train(transform.inverse(coeffs, length), beats, sample_rate=rate)
+        template = transform(train)
+        B = coeffs.shape[0]
+        prior = prior + template_log_odds(power(template).sum(1).reshape(B, -1).float(),
+                                          power(coeffs - template).sum(1).reshape(B, -1).float(), level,
+                                          levels=spec.template_levels, floor=spec.template_floor)
+    return prior
 
 
 def _found_lines(freqs_hz: Tensor, amplitudes: Tensor, snr_db: Tensor) -> dict[str, list]:

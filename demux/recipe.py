@@ -35,6 +35,9 @@ Domain = Literal["audio", "biomedical", "radio", "radar", "array", "generic"]
 Combiner = Literal["softmax", "sigmoid"]
 NoiseEstimate = Literal["mad", "minimum"]
 LinePaths = Literal["all", "direct", "multipath"]
+SynthesisType = Literal["mask", "multichannel-wiener"]
+#: Transforms whose coefficients are the mics' STFTs with the array's geometry (multichannel Wiener synthesis).
+MIC_ARRAY_TRANSFORMS = ("array-stft",)
 
 
 @dataclass(frozen=True)
@@ -184,7 +187,10 @@ class Beats:
 
     R peaks are found on the reconstruction from the levels whose centre frequency lies in
     ``detect_hz``; on ``levels`` the source's log-odds are ``+weight`` within ``qrs_ms``
-    (plus half a coefficient's span) of a beat and ``-weight`` between beats.
+    (plus half a coefficient's span) of a beat and ``-weight`` between beats. On
+    ``template_levels`` (opt-in) its log-odds are the power ratio of the mean beat placed at
+    every beat to the mixture minus it, both plus ``template_floor`` of the level's mean
+    template power (:func:`demux.priors.beats.template_log_odds`).
     """
 
     qrs_ms: float = 20.0
@@ -192,10 +198,15 @@ class Beats:
     levels: tuple[int, ...] = (1, 2, 3, 4)
     refractory_ms: float = 250.0
     detect_hz: tuple[float, ...] = (5.0, 45.0)
+    template_levels: tuple[int, ...] = ()
+    template_floor: float = 0.2
 
     def __post_init__(self):
         if self.qrs_ms <= 0 or self.refractory_ms <= 0 or self.weight < 0:
             raise ValueError(f"qrs_ms={self.qrs_ms}: expected positive qrs_ms and refractory_ms, weight >= 0")
+        if any(j < 1 for j in self.template_levels) or self.template_floor <= 0:
+            raise ValueError(f"template_levels={list(self.template_levels)}, template_floor={self.template_floor}: "
+                             "expected levels >= 1 and a floor > 0")
         if len(self.detect_hz) != 2 or not 0 <= self.detect_hz[0] < self.detect_hz[1]:
             raise ValueError(f"detect_hz={list(self.detect_hz)}: expected [lo, hi] in Hz with lo < hi")
 
@@ -295,6 +306,23 @@ class FitSpec(TrustRegionConfig):
 
 
 @dataclass(frozen=True)
+class Synthesis:
+    """How a stage's masks become stems: ``mask`` multiplies every channel's coefficients by
+    the source's mask; ``multichannel-wiener`` (mic arrays) filters the mics with the sources'
+    variances and spatial covariances (:func:`demux.wiener.multichannel_wiener`)."""
+
+    type: SynthesisType = "mask"
+    iterations: int = 0  # multichannel-wiener: EM re-estimations of variances and covariances
+    load: float = 1e-3  # multichannel-wiener: diagonal loading of the trace-M spatial covariances
+
+    def __post_init__(self):
+        if self.iterations < 0:
+            raise ValueError(f"iterations={self.iterations}: expected an integer >= 0")
+        if not self.load > 0:
+            raise ValueError(f"load={self.load}: expected a number > 0")
+
+
+@dataclass(frozen=True)
 class Stage:
     """One separation stage: a transform, sources competing for its coefficients, the fit."""
 
@@ -304,6 +332,7 @@ class Stage:
     split: str | None = None  # the stem of an earlier stage this stage splits (None: the mixture)
     combiner: Combiner = "softmax"
     fit: FitSpec = field(default_factory=FitSpec)
+    synthesis: Synthesis = field(default_factory=Synthesis)
 
 
 @dataclass(frozen=True)
@@ -415,6 +444,10 @@ def _apply_override(raw: dict, item: str, source: str) -> None:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         value = text
+    if len(keys) >= 5 and keys[0] == "stages" and keys[2] == "sources" and keys[4] == "band":
+        # `band:` was normalised to `bands: [...]` before overrides; `band` still names that one band
+        value = value if len(keys) > 5 else [value]
+        keys = [*keys[:4], "bands", *(["0", *keys[5:]] if len(keys) > 5 else [])]
     node = raw
     for depth, key in enumerate(keys[:-1]):
         if isinstance(node, list) and key.isdigit() and int(key) < len(node):
@@ -590,6 +623,10 @@ def _check_structure(recipe: Recipe) -> None:
             seen[name] = stage.name
         if stage.combiner == "sigmoid" and "residual" not in stage.sources:
             raise RecipeError(recipe.source, f"{path}.sources", "the sigmoid combiner needs a source named 'residual'")
+        if stage.synthesis.type == "multichannel-wiener" and stage.transform.type not in MIC_ARRAY_TRANSFORMS:
+            raise RecipeError(recipe.source, f"{path}.synthesis.type",
+                              f"a multichannel Wiener filter needs the mics' STFTs and the array's geometry: transform "
+                              f"{' or '.join(map(repr, MIC_ARRAY_TRANSFORMS))}, not {stage.transform.type!r}")
         for name, src in stage.sources.items():
             for i, band in enumerate(src.bands + src.lock):
                 if not band.lo < band.hi:

@@ -243,8 +243,14 @@ def ecg_table(*, snrs=(0.0, 6.0), items: int = 5, seconds: float = 20.0, overrid
 
 #: Variants of ecg-wavelet measured against the shipped recipe (``--set`` overrides).
 ECG_VARIANTS = {
-    "shipped (db4, ecg levels 2-8, beat prior)": (),
-    "no beat prior (the previous recipe)": ("split.sources.ecg.beats=null",),
+    "shipped (db4, ecg levels 2-8, beat prior, beat template on levels 7-8)": (),
+    "no beat template (baseline still on levels 7-9)": ("split.sources.ecg.beats.template_levels=[]",),
+    "no beat template, baseline on the approximation only (the previous recipe)": (
+        "split.sources.ecg.beats.template_levels=[]", "split.sources.baseline.levels=[9]"),
+    "beat template floor 0.05": ("split.sources.ecg.beats.template_floor=0.05",),
+    "beat template on level 8 only (baseline on 8-9)": (
+        "split.sources.ecg.beats.template_levels=[8]", "split.sources.baseline.levels=[8,9]"),
+    "no beat prior": ("split.sources.ecg.beats=null",),
     "beat prior weight 4": ("split.sources.ecg.beats.weight=4.0",),
     "beat prior qrs_ms 60": ("split.sources.ecg.beats.qrs_ms=60",),
     "beat prior on levels 2-4 only": ("split.sources.ecg.beats.levels=[2,3,4]",),

@@ -249,3 +249,13 @@ def test_cli_validate_and_show_give_the_stems(tmp_path):
     assert validated.exit_code == 0 and "stems: tones = low + hum, noise = hiss" in validated.output
     shown = CliRunner().invoke(app, ["recipes", "show", str(path)])
     assert shown.exit_code == 0 and "stems:\n  tones:\n  - low\n  - hum\n" in shown.output
+
+
+def test_band_overrides_address_the_single_band_spelling():
+    """A recipe's ``band:`` is stored as ``bands: [...]``; ``--set ...band.hi=`` and ``...band=`` still reach
+    that band (they used to fail with "give either 'band' or 'bands', not both")."""
+    whole = load_recipe("tones-fft", ["split.sources.low.band={lo: 0, hi: 2500, edge: 20}"])
+    one_key = load_recipe("tones-fft", ["split.sources.low.band.hi=2500"])
+    for recipe in (whole, one_key):
+        (band,) = recipe.stages[0].sources["low"].bands
+        assert (band.lo, band.hi, band.edge) == (0.0, 2500.0, 20.0)

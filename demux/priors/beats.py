@@ -125,3 +125,72 @@ def beat_log_odds(times_s: Tensor, level: Tensor, beats: list[np.ndarray], *, sa
     rows = [weight * (2 * beat_membership(times_s, b, half_width_s=half) - 1) * on for b in beats]
     return torch.stack(rows)
 
+
+
+def beat_template_train(x: Tensor, beats: list[np.ndarray], *, sample_rate: float, pre: float = 0.4,
+                        post: float = 0.6) -> Tensor:
+    """The ECG's beat-locked part: each item's mean beat, placed back at every beat.
+
+    The mean is over windows from ``pre`` to ``post`` median RR intervals around each beat
+    (together they tile the record), so whatever is not locked to the beats, baseline
+    wander and muscle noise, falls as ``1/sqrt(n_beats)`` in amplitude; with ``n`` beats
+    ``x`` itself adds ``1/n`` of its own power to the template.
+
+    Args:
+        x: ``(batch, channel, time)`` signal, any units (the mixture).
+        beats: per item, beat times in seconds (:func:`find_beats`).
+        sample_rate: Hz.
+        pre, post: the window before and after each beat, in median RR intervals.
+
+    Returns:
+        ``(batch, channel, time)`` template train, units of ``x``; zeros for an item with
+        fewer than two beats (no RR interval).
+    """
+    if pre < 0 or post <= 0 or pre + post > 2:
+        raise ParameterError(f"pre={pre}, post={post}: expected pre >= 0, post > 0, pre + post <= 2 RR intervals")
+    T = x.shape[-1]
+    out = torch.zeros_like(x)
+    for b, times in enumerate(beats):
+        if len(times) < 2:
+            continue
+        at = np.round(np.sort(times) * sample_rate).astype(np.int64)
+        rr = float(np.median(np.diff(at)))
+        lo, hi = -round(pre * rr), max(1, round(post * rr))
+        whole = [a for a in at if a + lo >= 0 and a + hi <= T]
+        if not whole:
+            continue
+        template = torch.stack([x[b, :, a + lo : a + hi] for a in whole]).mean(0)  # (C, hi - lo)
+        for a in at:
+            start, stop = max(a + lo, 0), min(a + hi, T)
+            out[b, :, start:stop] += template[:, start - (a + lo) : stop - (a + lo)]
+    return out
+
+
+def template_log_odds(template_power: Tensor, residual_power: Tensor, level: Tensor, *, levels: tuple[int, ...],
+                      floor: float) -> Tensor:
+    """``(B, K)`` log-odds ``log(P_t + f) - log(P_r + f)`` on ``levels``, 0 elsewhere.
+
+    ``P_t`` is the power of the template train's coefficient (the ECG's beat-locked part)
+    and ``P_r`` that of the mixture's minus it (what is left for a source sharing the
+    level, baseline wander): a per-coefficient signal-to-rest ratio, so a burst of wander
+    goes to the other source even where the ECG's own energy prior would take it.
+    ``f = floor * mean_j P_t``, ``mean_j`` over the coefficient's level, keeps the ratio
+    finite where both are small.
+
+    Args:
+        template_power: ``(B, K)`` ``P_t`` (:func:`beat_template_train`, transformed).
+        residual_power: ``(B, K)`` ``P_r``, same units.
+        level: ``(K,)`` wavelet level of each coefficient.
+        levels: the levels the log-odds act on.
+        floor: > 0, a share of the level's mean template power.
+    """
+    if floor <= 0:
+        raise ParameterError(f"floor={floor}: expected a share > 0")
+    out = torch.zeros_like(template_power)
+    for j in levels:
+        on = level == j
+        if not on.any():
+            continue
+        f = floor * template_power[:, on].mean(1, keepdim=True) + 1e-30
+        out[:, on] = torch.log(template_power[:, on] + f) - torch.log(residual_power[:, on] + f)
+    return out
