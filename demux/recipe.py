@@ -492,12 +492,7 @@ def _stage(name: str, raw: dict, path: str, source: str) -> Stage:
         key = f"{path}.sources.{source_name}"
         if not isinstance(source_raw, dict):
             raise RecipeError(source, key, f"expected a mapping of priors, got {_kind(source_raw)}")
-        source_raw = dict(source_raw)
-        if "band" in source_raw:  # one band is the common case: allow `band:` beside `bands:`
-            if "bands" in source_raw:
-                raise RecipeError(source, key, "give either 'band' or 'bands', not both")
-            source_raw["bands"] = [source_raw.pop("band")]
-        sources[str(source_name)] = _build(Source, source_raw, key, source)
+        sources[str(source_name)] = _build(Source, _single_band(source_raw, key, source), key, source)
     transform = raw.get("transform")
     if isinstance(transform, dict):  # YAML puts the parameters beside the type
         params = {k: v for k, v in transform.items() if k not in ("type", "mel_bands")}
