@@ -487,8 +487,9 @@ def run_stage(stage: StageSpec, x: Tensor, sample_rate: float, *, seed: int, rec
         share = (masks.detach() * inputs.power[:, None]).mean(2) / inputs.power.mean(1, keepdim=True).clamp_min(1e-30)
         S = len(names)
         masks = masks.reshape(B, S, Cc if per_channel else 1, *K)
-        if stage.synthesis.type == "multichannel-wiener":
-            masked = _wiener_stems(stage, coeffs, masks, per_channel, recipe_source)
+        if stage.synthesis.type == "multichannel-wiener":  # recipe.py allows it on mic arrays only: masks shared
+            spec = stage.synthesis
+            masked = multichannel_wiener(coeffs, masks[:, :, 0], iterations=spec.iterations, load=spec.load)
         else:
             masked = coeffs.unsqueeze(1) * masks
         masked = masked.reshape(B * S, Cc, *K)
@@ -514,16 +515,6 @@ def run_stage(stage: StageSpec, x: Tensor, sample_rate: float, *, seed: int, rec
         cold=cold,
     )
     return {name: out[:, s] for s, name in enumerate(names)}, report
-
-
-def _wiener_stems(stage: StageSpec, coeffs: Tensor, masks: Tensor, per_channel: bool, recipe_source: str) -> Tensor:
-    """``(B, S, M, F, N)`` stems of masks ``(B, S, 1, F, N)`` on the mics' ``coeffs`` ``(B, M, F, N)``
-    by the stage's multichannel Wiener filter (``synthesis``)."""
-    if per_channel or coeffs.dim() != 4:
-        raise RecipeError(recipe_source, f"stages.{stage.name}.synthesis.type",
-                          "a multichannel Wiener filter needs one (freq, frame) mask per source, shared by the mics")
-    spec = stage.synthesis
-    return multichannel_wiener(coeffs, masks[:, :, 0], iterations=spec.iterations, load=spec.load)
 
 
 def stage_model(stage: StageSpec, inputs: ModelInputs) -> VarianceModel:
